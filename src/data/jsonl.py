@@ -1,0 +1,106 @@
+"""The training-example JSONL: the contract between augmentation and training.
+
+One object a line:
+    {"id": str, "image": "train2017/x.jpg", "kind": "full" | "region",
+     "bbox": null | [x0, y0, x1, y1], "prompt": str, "caption": str, "meta": {...}}
+`image` is relative to an image root given at training time; `bbox` is in
+pixels of the original image.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from src.data.atomic import atomic_path
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("full", "region")
+
+
+class JsonlError(ValueError):
+    """A malformed line; the message names the file, the line and the field."""
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    image: str
+    kind: str
+    bbox: tuple[float, float, float, float] | None
+    prompt: str
+    caption: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _check(record: object, where: str) -> Example:
+    if not isinstance(record, dict):
+        raise JsonlError(f"{where}: expected a JSON object")
+    for key in ("id", "image", "kind", "prompt", "caption"):
+        if not isinstance(record.get(key), str) or not record[key].strip():
+            raise JsonlError(f"{where}: field '{key}' must be a non-empty string")
+    if record["kind"] not in KINDS:
+        raise JsonlError(f"{where}: field 'kind' must be one of {KINDS}, got {record['kind']!r}")
+    bbox = record.get("bbox")
+    if record["kind"] == "region" or bbox is not None:
+        valid = (isinstance(bbox, list) and len(bbox) == 4
+                 and all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)
+                 and bbox[0] < bbox[2] and bbox[1] < bbox[3])
+        if not valid:
+            raise JsonlError(f"{where}: field 'bbox' must be [x0, y0, x1, y1] with x0<x1, y0<y1")
+        bbox = tuple(float(v) for v in bbox)
+    meta = record.get("meta", {})
+    if not isinstance(meta, dict):
+        raise JsonlError(f"{where}: field 'meta' must be an object")
+    unknown = set(record) - {"id", "image", "kind", "bbox", "prompt", "caption", "meta"}
+    if unknown:
+        raise JsonlError(f"{where}: unknown field '{sorted(unknown)[0]}'")
+    return Example(record["id"], record["image"], record["kind"], bbox, record["prompt"],
+                   record["caption"], meta)
+
+
+def read_examples(path: Path, skip_malformed: bool = False) -> tuple[list[Example], int]:
+    """Examples of a JSONL file, and how many malformed lines were skipped.
+
+    By default the first malformed line raises JsonlError naming file, line
+    and field; with `skip_malformed` such lines are counted and logged.
+    """
+    examples, skipped = [], 0
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise JsonlError(f"{where}: not valid JSON ({error.msg})") from error
+                examples.append(_check(record, where))
+            except JsonlError as error:
+                if not skip_malformed:
+                    raise
+                logger.warning("skipping malformed line: %s", error)
+                skipped += 1
+    return examples, skipped
+
+
+def example_to_json(example: Example) -> str:
+    record = asdict(example)
+    record["bbox"] = None if example.bbox is None else [round(v, 2) for v in example.bbox]
+    return json.dumps(record, sort_keys=True, ensure_ascii=False)
+
+
+def write_examples(path: Path, examples: Iterable[Example]) -> int:
+    """Write atomically, one sorted-key object a line (byte-identical for equal input)."""
+    count = 0
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        for example in examples:
+            handle.write(example_to_json(example) + "\n")
+            count += 1
+    return count

@@ -1,0 +1,27 @@
+"""Shared fixtures: the demo dataset, the real COCO slice, and built tiny models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from src.data.demo import write_demo
+
+REPO = Path(__file__).resolve().parents[1]
+COCO_MINI = REPO.parent / "shared" / "coco-mini"
+
+
+@pytest.fixture(scope="session")
+def demo_coco(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic COCO-2017 layout (24 train, 8 val images)."""
+    root = tmp_path_factory.mktemp("demo_coco")
+    write_demo(root, num_train=24, num_val=8, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def coco_mini() -> Path:
+    if not (COCO_MINI / "annotations").is_dir():
+        pytest.skip(f"{COCO_MINI} not present")
+    return COCO_MINI
