@@ -34,7 +34,6 @@ class DetectParams:
 @dataclass(frozen=True)
 class ClipScoreParams:
     min_box_frac: float
-    nms_iou: float
     crop_pad_frac: float
     caption_template: str
     batch_size: int
@@ -42,6 +41,7 @@ class ClipScoreParams:
 
 @dataclass(frozen=True)
 class AssembleParams:
+    nms_iou: float
     full_prompt: str
     region_prompt: str
     region_format: str
