@@ -35,6 +35,8 @@ demo: setup
 # The real run on data/coco with hub models (see README).
 repro: export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 repro: setup
+	@test -f data/coco/annotations/captions_train2017.json || { echo "COCO 2017 not found in \
+	data/coco: run 'make coco' (downloads ~19 GB) or 'ln -s /path/to/coco2017 data/coco'"; exit 1; }
 	$(DVC) repro
 
 coco: setup

