@@ -1,0 +1,34 @@
+"""Load any model or processor from a hub id or a local directory, with an actionable error.
+
+Offline, transformers fails on a hub id with a generic "couldn't connect" OSError after
+retrying for ~25 s; every stage loads through `load_pretrained` so the user learns which
+param to change instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def load_pretrained(loader: Callable[..., T], id_or_dir: str | Path, **kwargs: object) -> T:
+    """`loader(id_or_dir, **kwargs)`, e.g. `load_pretrained(AutoProcessor.from_pretrained, p)`.
+
+    Errors from a local directory are about its files and pass unchanged; a hub id that
+    cannot be fetched raises an OSError that says how to get the model.
+    """
+    try:
+        return loader(str(id_or_dir), **kwargs)
+    except OSError as error:
+        if Path(id_or_dir).is_dir():
+            raise
+        cause = next(iter(str(error).splitlines()), type(error).__name__)
+        raise OSError(
+            f"could not load {str(id_or_dir)!r}: it is not a local directory and the model hub "
+            f"cannot be reached or has no such model ({cause}). Download it "
+            f"(hf download {id_or_dir} --local-dir DIR) and set the param to that directory, "
+            "or run `make demo` to use the tiny local models."
+        ) from error
