@@ -49,7 +49,7 @@ def test_schema_errors_name_file_record_and_field(tmp_path: Path, mutate, messag
 def test_invalid_json_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.json"
     path.write_text("{not json")
-    with pytest.raises(SchemaError, match="bad.json: not valid JSON"):
+    with pytest.raises(SchemaError, match=r"bad\.json: not valid JSON"):
         load_captions(path)
 
 

@@ -1,4 +1,4 @@
-"""The synthetic demo dataset: COCO layout, pycocotools-loadable, deterministic, learnable captions."""
+"""The synthetic demo dataset: COCO layout, loadable, deterministic, learnable captions."""
 
 from __future__ import annotations
 

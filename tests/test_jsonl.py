@@ -42,3 +42,8 @@ def test_malformed_line_names_file_line_and_field(tmp_path: Path, line: str, fie
         read_examples(path)
     examples, skipped = read_examples(path, skip_malformed=True)
     assert (examples, skipped) == (EXAMPLES[:1], 1)
+
+
+def test_outputs_get_normal_permissions(tmp_path: Path) -> None:
+    write_examples(tmp_path / "a.jsonl", EXAMPLES)
+    assert (tmp_path / "a.jsonl").stat().st_mode & 0o644 == 0o644

@@ -28,7 +28,7 @@ def test_typo_and_wrong_type_fail(tmp_path: Path) -> None:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["detect"]["batch_size"] = "eight"
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(ValueError, match="detect.batch_size: expected int"):
+    with pytest.raises(ValueError, match=r"detect\.batch_size: expected int"):
         load_params(tmp_path / "p.yaml")
 
 
