@@ -28,9 +28,9 @@ test: lint
 # (params.yaml stays untouched), then the metrics table.
 demo: export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 demo: setup
-	$(PY) -m stages.overrides configs/demo.yaml | \
-		xargs -d '\n' $(DVC) exp run --temp -n demo-$$(date +%Y%m%d-%H%M%S)
-	$(DVC) exp show --md --no-pager --only-changed
+	name=demo-$$(date +%Y%m%d-%H%M%S) && \
+	$(PY) -m stages.overrides configs/demo.yaml | xargs -d '\n' $(DVC) exp run --temp -n $$name && \
+	$(PY) -m stages.report --exp $$name
 
 # The real run on data/coco with hub models (see README).
 repro: export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
