@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from src.data.demo import write_demo
+from src.models.tiny import build_tiny_models
 
 REPO = Path(__file__).resolve().parents[1]
 COCO_MINI = REPO.parent / "shared" / "coco-mini"
@@ -25,3 +26,9 @@ def coco_mini() -> Path:
     if not (COCO_MINI / "annotations").is_dir():
         pytest.skip(f"{COCO_MINI} not present")
     return COCO_MINI
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random-weight checkpoints, built once: {"grounding-dino", "clip", "llava"} -> dir."""
+    return build_tiny_models(tmp_path_factory.mktemp("tiny_models"), seed=0)

@@ -11,37 +11,63 @@ from transformers import AutoProcessor, CLIPModel, ProcessorMixin
 from src.models.hub import load_pretrained
 
 
-def load_clip(id_or_dir: str, device: torch.device,
-              dtype: torch.dtype = torch.float32) -> tuple[CLIPModel, ProcessorMixin]:
+def load_clip(
+    id_or_dir: str, device: torch.device, dtype: torch.dtype = torch.float32
+) -> tuple[CLIPModel, ProcessorMixin]:
     model = load_pretrained(CLIPModel.from_pretrained, id_or_dir, dtype=dtype)
     processor = load_pretrained(AutoProcessor.from_pretrained, id_or_dir)
     return model.to(device).eval(), processor
 
 
+def image_pixels(processor: ProcessorMixin, images: Sequence[Image.Image]) -> torch.Tensor:
+    """CLIP's preprocessing alone (resize, crop, normalise): can run in DataLoader workers."""
+    return processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+
 @torch.inference_mode()
-def embed_images(model: CLIPModel, processor: ProcessorMixin,
-                 images: Sequence[Image.Image]) -> torch.Tensor:
-    """L2-normalised projected image embeddings, shape (n, d), float32 on the model's device."""
-    pixels = processor(images=list(images), return_tensors="pt")["pixel_values"]
-    out = model.get_image_features(pixel_values=pixels.to(model.device, model.dtype))
+def embed_pixels(model: CLIPModel, pixel_values: torch.Tensor) -> torch.Tensor:
+    """L2-normalised projected embeddings of preprocessed images, float32 on the model's device."""
+    out = model.get_image_features(pixel_values=pixel_values.to(model.device, model.dtype))
     return torch.nn.functional.normalize(out.pooler_output.float(), dim=-1)
+
+
+def embed_images(
+    model: CLIPModel, processor: ProcessorMixin, images: Sequence[Image.Image]
+) -> torch.Tensor:
+    """L2-normalised projected image embeddings, shape (n, d), float32 on the model's device."""
+    return embed_pixels(model, image_pixels(processor, images))
 
 
 @torch.inference_mode()
 def embed_texts(model: CLIPModel, processor: ProcessorMixin, texts: Sequence[str]) -> torch.Tensor:
     """L2-normalised projected text embeddings; texts over 77 tokens are truncated, not an error."""
-    tokens = processor(text=list(texts), return_tensors="pt", padding=True, truncation=True,
-                       max_length=model.config.text_config.max_position_embeddings)
-    out = model.get_text_features(input_ids=tokens["input_ids"].to(model.device),
-                                  attention_mask=tokens["attention_mask"].to(model.device))
+    tokens = processor(
+        text=list(texts),
+        return_tensors="pt",
+        padding=True,
+        truncation=True,
+        max_length=model.config.text_config.max_position_embeddings,
+    )
+    out = model.get_text_features(
+        input_ids=tokens["input_ids"].to(model.device),
+        attention_mask=tokens["attention_mask"].to(model.device),
+    )
     return torch.nn.functional.normalize(out.pooler_output.float(), dim=-1)
 
 
-def paired_cosine(model: CLIPModel, processor: ProcessorMixin, images: Sequence[Image.Image],
-                  texts: Sequence[str]) -> torch.Tensor:
+def paired_cosine(
+    model: CLIPModel, processor: ProcessorMixin, images: Sequence[Image.Image], texts: Sequence[str]
+) -> torch.Tensor:
     """cos(image_i, text_i) for each pair, as a CPU float32 tensor of shape (n,)."""
-    if len(images) != len(texts):
-        raise ValueError(f"{len(images)} images but {len(texts)} texts")
-    image_emb = embed_images(model, processor, images)
+    return paired_cosine_pixels(model, processor, image_pixels(processor, images), texts)
+
+
+def paired_cosine_pixels(
+    model: CLIPModel, processor: ProcessorMixin, pixel_values: torch.Tensor, texts: Sequence[str]
+) -> torch.Tensor:
+    """paired_cosine for images already preprocessed with `image_pixels`."""
+    if len(pixel_values) != len(texts):
+        raise ValueError(f"{len(pixel_values)} images but {len(texts)} texts")
+    image_emb = embed_pixels(model, pixel_values)
     text_emb = embed_texts(model, processor, texts)
     return (image_emb * text_emb).sum(dim=-1).cpu()

@@ -1,0 +1,203 @@
+"""Training examples from human captions and scored regions: thresholds, NMS, the mix.
+
+Region candidates go through, in order: box_threshold and text_threshold
+(GroundingDINO's two scores), cross-phrase NMS per image (GRIT-style: greedy by
+box_score, so one box keeps only its best phrase), clip_threshold, and a cap of
+max_region_ratio region examples per full-image example (highest CLIP score first).
+Every step is a pure function of the tables and the settings: same inputs, same
+examples in the same order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from src.data.jsonl import Example
+
+REGION_FORMATS = ("crop", "box")
+BOX_PLACEHOLDER = "{box}"
+BOX_COLUMNS = ["box_x0", "box_y0", "box_x1", "box_y1"]
+REGION_KEY = ["image_id", "phrase_index", "query_index"]  # one (box, phrase) candidate
+SWEEP_THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(51))  # 0.00 ... 0.50
+
+
+@dataclass(frozen=True)
+class AssembleConfig:
+    box_threshold: float
+    text_threshold: float
+    clip_threshold: float
+    nms_iou: float  # 1.0 disables NMS
+    full_prompt: str
+    region_prompt: str  # with region_format "box" it must hold {box}
+    region_format: str  # crop: bbox set, the trainer crops; box: full image, box in the prompt
+    max_region_ratio: float
+    seed: int
+
+    def __post_init__(self) -> None:
+        if self.region_format not in REGION_FORMATS:
+            raise ValueError(f"assemble.region_format must be one of {REGION_FORMATS}, "
+                             f"got {self.region_format!r}")
+        has_box = BOX_PLACEHOLDER in self.region_prompt
+        if (self.region_format == "box") != has_box:
+            raise ValueError(
+                f"assemble.region_prompt {self.region_prompt!r} must contain {BOX_PLACEHOLDER} "
+                "exactly when region_format is 'box' (e.g. 'Describe the region {box} in one "
+                "short phrase.'), where the normalised [x0, y0, x1, y1] box is written")
+
+
+def passes_box_text(regions: pd.DataFrame, box_threshold: float,
+                    text_threshold: float) -> pd.DataFrame:
+    keep = (regions["box_score"] >= box_threshold) & (regions["phrase_score"] >= text_threshold)
+    return regions[keep].reset_index(drop=True)
+
+
+def box_iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """IoU of one xyxy box with each row of `others`."""
+    x0 = np.maximum(box[0], others[:, 0])
+    y0 = np.maximum(box[1], others[:, 1])
+    x1 = np.minimum(box[2], others[:, 2])
+    y1 = np.minimum(box[3], others[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    union = area + areas - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def cross_phrase_nms(regions: pd.DataFrame, iou_threshold: float) -> pd.DataFrame:
+    """Per image, greedy by box_score (ties: phrase_score, then the candidate key): a
+    candidate overlapping a kept one by IoU > iou_threshold is dropped, whatever its phrase.
+    Returns the survivors in (image, phrase, box) order."""
+    order = regions.sort_values(
+        ["image_id", "box_score", "phrase_score", "phrase_index", "query_index"],
+        ascending=[True, False, False, True, True], kind="stable")
+    kept_rows: list[int] = []
+    for _, group in order.groupby("image_id", sort=False):
+        boxes = group[BOX_COLUMNS].to_numpy(dtype=np.float64)
+        alive = np.ones(len(group), dtype=bool)
+        for i in range(len(group)):
+            if not alive[i]:
+                continue
+            kept_rows.append(group.index[i])
+            rest = np.arange(i + 1, len(group))
+            alive[rest[box_iou(boxes[i], boxes[rest]) > iou_threshold]] = False
+    survivors = regions.loc[sorted(kept_rows)]
+    return survivors.sort_values(REGION_KEY, kind="stable", ignore_index=True)
+
+
+def cap_regions(regions: pd.DataFrame, max_count: int, seed: int) -> pd.DataFrame:
+    """At most `max_count` rows: the highest clip_score first, exact ties broken by `seed`."""
+    canonical = regions.sort_values(REGION_KEY, kind="stable", ignore_index=True)
+    tiebreak = np.random.default_rng(seed).permutation(len(canonical))
+    ranked = canonical.assign(_tiebreak=tiebreak).sort_values(
+        ["clip_score", "_tiebreak"], ascending=[False, True], kind="stable")
+    chosen = ranked.head(max(0, max_count)).drop(columns="_tiebreak")
+    return chosen.sort_values(REGION_KEY, kind="stable", ignore_index=True)
+
+
+def box_text(box_xyxy: tuple[float, float, float, float], width: int, height: int) -> str:
+    """LLaVA-1.5's region notation: "[0.12, 0.30, 0.55, 0.91]", relative to the image."""
+    x0, y0, x1, y1 = box_xyxy
+    return f"[{x0 / width:.2f}, {y0 / height:.2f}, {x1 / width:.2f}, {y1 / height:.2f}]"
+
+
+def full_examples(captions: pd.DataFrame, image_dir_name: str, prompt: str) -> list[Example]:
+    """One example per human caption (whitespace normalised; empty captions dropped)."""
+    examples = []
+    for row in captions.itertuples(index=False):
+        caption = " ".join(str(row.caption).split())
+        if caption:
+            examples.append(Example(
+                id=f"{row.image_id}-full-{row.caption_id}",
+                image=f"{image_dir_name}/{row.file_name}", kind="full", bbox=None,
+                prompt=prompt, caption=caption, meta={"caption_id": int(row.caption_id)}))
+    return examples
+
+
+def region_examples(regions: pd.DataFrame, image_dir_name: str,
+                    config: AssembleConfig) -> list[Example]:
+    examples = []
+    for row in regions.itertuples(index=False):
+        box = (float(row.box_x0), float(row.box_y0), float(row.box_x1), float(row.box_y1))
+        as_crop = config.region_format == "crop"
+        prompt = config.region_prompt if as_crop else config.region_prompt.replace(
+            BOX_PLACEHOLDER, box_text(box, int(row.width), int(row.height)))
+        examples.append(Example(
+            id=f"{row.image_id}-region-{row.phrase_index}-{row.query_index}",
+            image=f"{image_dir_name}/{row.file_name}", kind="region",
+            bbox=box if as_crop else None, prompt=prompt, caption=str(row.caption),
+            meta={"phrase": str(row.phrase), "clip_score": round(float(row.clip_score), 4),
+                  "box_score": round(float(row.box_score), 4),
+                  "phrase_score": round(float(row.phrase_score), 4)}))
+    return examples
+
+
+def example_order(example: Example) -> tuple[int, str, str]:
+    return int(example.id.split("-", 1)[0]), example.kind, example.id
+
+
+def threshold_sweep(regions: pd.DataFrame) -> list[tuple[float, int]]:
+    """(clip_threshold, regions kept) for thresholds 0.00 to 0.50 by 0.01."""
+    scores = regions["clip_score"].to_numpy()
+    return [(t, int((scores >= t).sum())) for t in SWEEP_THRESHOLDS]
+
+
+def sweep_csv(sweep: list[tuple[float, int]]) -> str:
+    return "clip_threshold,regions_kept\n" + "".join(f"{t:.2f},{n}\n" for t, n in sweep)
+
+
+@dataclass(frozen=True)
+class Assembly:
+    examples: list[Example]
+    after_box_text: pd.DataFrame
+    after_nms: pd.DataFrame
+    chosen: pd.DataFrame  # the regions that became examples
+    metrics: dict[str, Any]
+
+
+def assemble(captions: pd.DataFrame, regions: pd.DataFrame, counts: dict[str, Any],
+             config: AssembleConfig, image_dir_name: str) -> Assembly:
+    """All examples, sorted by (image id, kind, id), and flat metrics.
+
+    `counts` is the metadata carried by regions.parquet: detect's and clip_score's
+    counts, with the ids of the images they could not read (no example uses them).
+    """
+    detect, clip = counts["detect"], counts["clip_score"]
+    skipped: dict[str, set[int]] = {}
+    for part in (detect["skipped"], clip["skipped"]):
+        for reason, ids in part.items():
+            skipped.setdefault(reason, set()).update(ids)
+    unreadable = set().union(*skipped.values())
+    usable = captions[~captions["image_id"].isin(unreadable)]
+    full = full_examples(usable, image_dir_name, config.full_prompt)
+
+    after_box_text = passes_box_text(regions, config.box_threshold, config.text_threshold)
+    after_nms = cross_phrase_nms(after_box_text, config.nms_iou)
+    kept = after_nms[after_nms["clip_score"] >= config.clip_threshold]
+    chosen = cap_regions(kept, int(config.max_region_ratio * len(full)), config.seed)
+    examples = sorted(full + region_examples(chosen, image_dir_name, config), key=example_order)
+
+    images = captions["image_id"].nunique()
+    metrics = {
+        "images": images,
+        "images_skipped": len(unreadable),
+        **{f"images_skipped_{reason}": len(ids) for reason, ids in sorted(skipped.items())},
+        "images_no_phrases": images - detect["images"],
+        "images_no_detections": detect["images_no_detections"],
+        "phrases": detect["phrases"],
+        "phrases_too_long": detect["phrases_too_long"],
+        "candidates": detect["candidates"],
+        "candidates_small": clip["small_boxes"],
+        "after_box_text": len(after_box_text),
+        "after_nms": len(after_nms),
+        "regions_kept": len(kept),
+        "keep_rate": round(len(kept) / detect["candidates"], 4) if detect["candidates"] else 0.0,
+        "captions_empty": len(usable) - len(full),
+        "full_examples": len(full),
+        "region_examples": len(chosen),
+    }
+    return Assembly(examples, after_box_text, after_nms, chosen, metrics)

@@ -1,0 +1,79 @@
+"""Seed command: COCO captions -> phrases -> GroundingDINO -> CLIP -> train JSONL, in one go.
+
+    python -m src.augment.augment_gdino_clip --coco-root data/coco --split train \
+        --out data/processed/train.jsonl --max-images 500 --box-threshold 0.3 \
+        --text-threshold 0.25 --clip-threshold 0.26 --device cuda
+
+It runs the DVC stages' own entry points in order (phrases, detect, clip_score,
+assemble) on a work folder beside --out, so it cannot drift from `dvc repro`.
+Knobs not given here come from --params (params.yaml). Writes FILE.jsonl,
+FILE.stats.json (the metrics of metrics/augment.json) and FILE_work/ (tables,
+resumable detection shards, the gallery and the threshold sweep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import yaml
+
+from src.data.atomic import atomic_write_text
+from stages import assemble, clip_score, detect, phrases
+from stages.params import Params, load_params
+
+
+def overridden(params: Params, args: argparse.Namespace) -> Params:
+    """params.yaml's values, with those given on the command line in their place."""
+    top = {"max_images": args.max_images, "box_threshold": args.box_threshold,
+           "text_threshold": args.text_threshold, "clip_threshold": args.clip_threshold,
+           "detector_id": args.detector_id, "clip_model_id": args.clip_model_id}
+    params = dataclasses.replace(params, **{k: v for k, v in top.items() if v is not None})
+    if args.batch_size is not None:
+        params = dataclasses.replace(
+            params, detect=dataclasses.replace(params.detect, batch_size=args.batch_size))
+    return params
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--coco-root", type=Path, required=True)
+    parser.add_argument("--split", default="train", help="reads annotations/captions_{split}2017")
+    parser.add_argument("--out", type=Path, required=True, help="the training JSONL")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="defaults for every knob not given below")
+    parser.add_argument("--max-images", type=int)
+    parser.add_argument("--box-threshold", type=float)
+    parser.add_argument("--text-threshold", type=float)
+    parser.add_argument("--clip-threshold", type=float)
+    parser.add_argument("--detector-id")
+    parser.add_argument("--clip-model-id")
+    parser.add_argument("--batch-size", type=int, help="images per GroundingDINO forward")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    args = parser.parse_args(argv)
+
+    params = overridden(load_params(args.params), args)
+    work = args.out.parent / f"{args.out.stem}_work"
+    params_path = work / "params.yaml"
+    atomic_write_text(params_path, yaml.safe_dump(dataclasses.asdict(params), sort_keys=False))
+    common = ["--params", str(params_path)]
+    root = ["--coco-root", str(args.coco_root)]
+
+    phrases.main(["--captions", str(args.coco_root / "annotations" /
+                                    f"captions_{args.split}2017.json"),
+                  "--captions-out", str(work / "captions.parquet"),
+                  "--phrases-out", str(work / "phrases.parquet"), *common])
+    detect.main(["--phrases", str(work / "phrases.parquet"), *root,
+                 "--shards-dir", str(work / "detect_shards"),
+                 "--out", str(work / "detections.parquet"), "--device", args.device, *common])
+    clip_score.main(["--detections", str(work / "detections.parquet"), *root,
+                     "--out", str(work / "regions.parquet"), "--device", args.device, *common])
+    assemble.main(["--captions", str(work / "captions.parquet"),
+                   "--regions", str(work / "regions.parquet"), *root, "--out", str(args.out),
+                   "--metrics", str(args.out.with_suffix(".stats.json")),
+                   "--plots-dir", str(work / "plots"), *common])
+
+
+if __name__ == "__main__":
+    main()

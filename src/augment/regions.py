@@ -1,0 +1,133 @@
+"""CLIP scores of detected regions: each box's padded crop against its region caption.
+
+The region caption is `caption_template` with "{phrase}" replaced by the grounded
+phrase ("{phrase}" alone scores the bare phrase; "a photo of {phrase}" the CLIP
+paper's prompt). Images are decoded once per image, cropped and preprocessed in
+DataLoader workers while the model scores the previous crops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+from transformers import ProcessorMixin
+
+from src.augment.skips import Skipped
+from src.data.coco import resolve_image_path
+from src.data.images import ImageSkip, crop_box, load_rgb
+from src.models.clip import image_pixels, paired_cosine_pixels
+
+PLACEHOLDER = "{phrase}"
+BOX_COLUMNS = ["box_x0", "box_y0", "box_x1", "box_y1"]
+
+
+def region_caption(template: str, phrase: str) -> str:
+    if PLACEHOLDER not in template:
+        raise ValueError(f"caption_template {template!r} must contain {PLACEHOLDER}")
+    return template.replace(PLACEHOLDER, phrase)
+
+
+def drop_small_boxes(detections: pd.DataFrame, min_box_frac: float) -> pd.DataFrame:
+    """Rows whose box covers at least `min_box_frac` of the image and has some area."""
+    width = detections["box_x1"] - detections["box_x0"]
+    height = detections["box_y1"] - detections["box_y0"]
+    area = width * height
+    keep = (width > 0) & (height > 0) & (
+        area >= min_box_frac * detections["width"] * detections["height"])
+    return detections[keep].reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class _ImageCrops:
+    file_name: str
+    rows: np.ndarray  # positions in the regions table
+    boxes_xyxy: np.ndarray
+
+
+class _CropDataset(Dataset):
+    """One item per image: all its crops, decoded once and preprocessed for CLIP."""
+
+    def __init__(self, items: Sequence[_ImageCrops], image_dir: Path,
+                 processor: ProcessorMixin, pad_frac: float) -> None:
+        self.items = items
+        self.image_dir = image_dir
+        self.processor = processor
+        self.pad_frac = pad_frac
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, torch.Tensor | Skipped]:
+        item = self.items[index]
+        path = resolve_image_path(self.image_dir, item.file_name)
+        try:
+            image = load_rgb(path)
+        except ImageSkip as skip:
+            return item.rows, Skipped.from_skip(index, skip)
+        crops = [crop_box(image, tuple(box), self.pad_frac) for box in item.boxes_xyxy.tolist()]
+        return item.rows, image_pixels(self.processor, crops)
+
+
+def _as_is(item: object) -> object:
+    return item
+
+
+def crop_loader(regions: pd.DataFrame, image_dir: Path, processor: ProcessorMixin,
+                pad_frac: float, num_workers: int) -> DataLoader:
+    """Per image, in table order: (row positions, pixel values or Skipped)."""
+    boxes = regions[BOX_COLUMNS].to_numpy(dtype=np.float64)
+    items = [_ImageCrops(str(group["file_name"].iloc[0]), rows, boxes[rows])
+             for _, group in regions.groupby("image_id", sort=False)
+             for rows in [group.index.to_numpy()]]
+    return DataLoader(_CropDataset(items, image_dir, processor, pad_frac), batch_size=None,
+                      collate_fn=_as_is, num_workers=num_workers,
+                      prefetch_factor=4 if num_workers else None)
+
+
+def crop_batches(loader: DataLoader, batch_size: int,
+                 on_skip: Callable[[ImageSkip, np.ndarray], None],
+                 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Regroup per-image crops into batches of exactly `batch_size` (the last may be short)."""
+    rows: list[np.ndarray] = []
+    pixels: list[torch.Tensor] = []
+    buffered = 0
+    for image_rows, loaded in loader:
+        if isinstance(loaded, Skipped):
+            on_skip(loaded.as_image_skip(), image_rows)
+            continue
+        rows.append(image_rows)
+        pixels.append(loaded)
+        buffered += len(image_rows)
+        while buffered >= batch_size:
+            all_rows, all_pixels = np.concatenate(rows), torch.cat(pixels)
+            yield all_rows[:batch_size], all_pixels[:batch_size]
+            rows, pixels = [all_rows[batch_size:]], [all_pixels[batch_size:]]
+            buffered -= batch_size
+    if buffered:
+        yield np.concatenate(rows), torch.cat(pixels)
+
+
+def score_regions(model: torch.nn.Module, processor: ProcessorMixin, regions: pd.DataFrame,
+                  image_dir: Path, *, pad_frac: float, batch_size: int, num_workers: int,
+                  on_skip: Callable[[ImageSkip, np.ndarray], None],
+                  on_rows: Callable[[int], None] | None = None) -> np.ndarray:
+    """cos(crop, caption) of every row of `regions` (NaN where the image could not be read).
+
+    `regions` needs a fresh RangeIndex and a `caption` column; `on_skip(skip, rows)` is
+    told of every unreadable image and the row positions it takes with it.
+    """
+    scores = np.full(len(regions), np.nan, dtype=np.float32)
+    captions = regions["caption"].tolist()
+    loader = crop_loader(regions, image_dir, processor, pad_frac, num_workers)
+    for rows, pixels in crop_batches(loader, batch_size, on_skip):
+        texts = [captions[i] for i in rows]
+        scores[rows] = paired_cosine_pixels(model, processor, pixels, texts).numpy()
+        if on_rows:
+            on_rows(len(rows))
+    return scores

@@ -1,0 +1,46 @@
+"""The model under evaluation: base LLaVA, optionally with a trained LoRA adapter merged in."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration, ProcessorMixin
+
+from src.models.hub import load_pretrained
+from src.models.llava import load_llava, load_processor, processor_image_size
+
+logger = logging.getLogger(__name__)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on a GPU (LLaVA-1.5's training dtype), float32 on a CPU (bf16 is slow there)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def native_image_size(model_id: str) -> int:
+    """The vision tower's own input side (336 for llava-hf/llava-1.5-7b-hf)."""
+    return int(load_pretrained(AutoConfig.from_pretrained, model_id).vision_config.image_size)
+
+
+def load_captioner(model_id: str, adapter_dir: Path | None, *, device: torch.device,
+                   dtype: torch.dtype) -> tuple[LlavaForConditionalGeneration, ProcessorMixin]:
+    """Base model plus optional adapter, ready for `generate`, with the matching processor.
+
+    With an adapter the processor (and so the image size) is the one saved beside it by
+    training; without, the base checkpoint's processor at its native size. The adapter is
+    merged into the weights: generation then runs at the base model's speed.
+    """
+    if adapter_dir is not None:
+        processor = load_pretrained(AutoProcessor.from_pretrained, str(adapter_dir))
+        image_size = processor_image_size(processor)
+    else:
+        image_size = native_image_size(model_id)
+        processor = load_processor(model_id, image_size)
+    model = load_llava(model_id, image_size, dtype=dtype)
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+        logger.info("merged adapter %s into %s (image size %d)", adapter_dir, model_id, image_size)
+    return model.to(device).eval(), processor

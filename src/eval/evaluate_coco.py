@@ -1,0 +1,96 @@
+"""Caption COCO val2017 with LLaVA (base or + LoRA adapter) and print BLEU-4, CIDEr and the rest.
+
+    python -m src.eval.evaluate_coco --model models/lora --images data/coco/val2017 \\
+        --ann data/coco/annotations/captions_val2017.json --num-examples 500 --batch-size 8
+    torchrun --nproc_per_node 4 -m src.eval.evaluate_coco ...   # data-parallel, same output
+
+Without `--model` it scores the zero-shot base model. Knobs not given on the command line
+default from params.yaml (`evaluate`, `model_id`, `clip_model_id`, `seed`). Same library
+code as the `evaluate` stage; a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from src.eval.generate import CaptionSettings
+from src.eval.run import SCORE_KEYS, EvalConfig, EvalOutputs, evaluate, process_state, summary
+from stages.params import load_params
+
+LABELS = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
+          "meteor": "METEOR", "rougeL": "ROUGE-L", "cider": "CIDEr", "clipscore": "CLIPScore",
+          "refclipscore": "RefCLIPScore"}
+
+
+def format_table(metrics: dict[str, float | int]) -> str:
+    """BLEU-4 and CIDEr first, then the other scores, then the counts."""
+    order = ["bleu4", "cider", *(k for k in SCORE_KEYS if k not in ("bleu4", "cider"))]
+    lines = [f"{LABELS[k]:<14}{metrics[k]:>9.4f}" for k in order if k in metrics]
+    lines += [f"{k:<14}{metrics[k]:>9d}" for k in ("n_images", "n_empty", "skipped")]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="LoRA adapter dir; omit for the base model")
+    parser.add_argument("--images", type=Path, required=True, help="val2017 image directory")
+    parser.add_argument("--ann", type=Path, required=True, help="captions_val2017.json")
+    parser.add_argument("--model-id", help="base LLaVA hub id or dir [params: model_id]")
+    parser.add_argument("--clip-model-id", help="CLIP for CLIPScore [params: clip_model_id]")
+    parser.add_argument("--num-examples", type=int, help="0 = all [params: evaluate.*]")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--max-new-tokens", type=int)
+    parser.add_argument("--num-beams", type=int)
+    parser.add_argument("--prompt")
+    parser.add_argument("--meteor", action=argparse.BooleanOptionalAction)
+    parser.add_argument("--gallery-images", type=int)
+    parser.add_argument("--seed", type=int, help="image subset [params: seed]")
+    parser.add_argument("--num-workers", type=int, default=2, help="image-decoding workers")
+    parser.add_argument("--out", type=Path, default=Path("metrics/eval_coco.json"),
+                        help="metrics JSON")
+    parser.add_argument("--predictions", type=Path,
+                        default=Path("data/processed/predictions_eval_coco.json"),
+                        help="COCO results JSON [{image_id, caption}]")
+    parser.add_argument("--per-image", type=Path, help="per-image scores CSV")
+    parser.add_argument("--gallery", type=Path, help="gallery PNG")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = load_params(args.params)
+    knobs = params.evaluate
+
+    def pick(value: object, default: object) -> object:
+        return default if value is None else value
+
+    seed = pick(args.seed, params.seed)
+    torch.manual_seed(seed)
+    config = EvalConfig(
+        model_id=pick(args.model_id, params.model_id),
+        adapter_dir=args.model,
+        clip_model_id=pick(args.clip_model_id, params.clip_model_id),
+        images_dir=args.images,
+        ann_path=args.ann,
+        num_examples=pick(args.num_examples, knobs.num_examples),
+        seed=seed,
+        caption=CaptionSettings(pick(args.prompt, knobs.prompt),
+                                pick(args.max_new_tokens, knobs.max_new_tokens),
+                                pick(args.num_beams, knobs.num_beams)),
+        batch_size=pick(args.batch_size, knobs.batch_size),
+        num_workers=args.num_workers,
+        meteor=pick(args.meteor, knobs.meteor),
+        gallery_images=pick(args.gallery_images, knobs.gallery_images),
+    )
+    outputs = EvalOutputs(metrics=args.out, predictions=args.predictions,
+                          per_image=args.per_image, gallery=args.gallery)
+    metrics = evaluate(config, outputs, process_state())
+    if metrics is not None:
+        logging.getLogger(__name__).info(summary(metrics))
+        print(format_table(metrics))
+
+
+if __name__ == "__main__":
+    main()

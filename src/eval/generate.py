@@ -1,0 +1,114 @@
+"""Batched LLaVA captioning: images decoded in DataLoader workers, left padding, resumable.
+
+Generation is greedy by default (num_beams 1, no sampling), so a caption depends on the
+model, the image and these settings, not on the batch it ran in: left padding with an
+attention mask gives the same caption as batch size 1, and a resumed or multi-process run
+the same captions as one uninterrupted process. (Exactly so in fp32, as the tests check;
+in bf16 a different batch shape can change rounding and, rarely, a near-tied token.)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
+
+from src.data.images import ImageSkip
+from src.eval.dataset import EvalImage, ImageDataset
+from src.eval.prediction_log import Prediction, PredictionLog
+from src.models.llava import format_prompt
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CaptionSettings:
+    prompt: str
+    max_new_tokens: int
+    num_beams: int = 1  # 1 = greedy
+    min_new_tokens: int = 0  # > 0 only for fixed-length throughput benchmarks
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        return {"max_new_tokens": self.max_new_tokens, "min_new_tokens": self.min_new_tokens,
+                "num_beams": self.num_beams, "do_sample": False}
+
+
+@dataclass
+class CaptionBatch:
+    image_ids: list[int]  # the images in `inputs`, in row order
+    inputs: BatchFeature | None  # None when every image of the batch was skipped
+    skips: list[Prediction]
+
+
+def build_inputs(processor: ProcessorMixin, images: Sequence[Image.Image],
+                 prompts: Sequence[str]) -> BatchFeature:
+    """Processor inputs for one prompt per image, LEFT-padded so generation appends in place."""
+    return processor(images=list(images), text=[format_prompt(p) for p in prompts],
+                     padding=True, padding_side="left", return_tensors="pt")
+
+
+class Collate:
+    """Runs in the DataLoader workers: separates skipped images and builds model inputs."""
+
+    def __init__(self, processor: ProcessorMixin, prompt: str) -> None:
+        self.processor = processor
+        self.prompt = prompt
+
+    def __call__(self, samples: Sequence[tuple[int, Image.Image | ImageSkip]]) -> CaptionBatch:
+        good = [(image_id, image) for image_id, image in samples if isinstance(image, Image.Image)]
+        skips = []
+        for image_id, image in samples:
+            if isinstance(image, ImageSkip):
+                logger.warning("skipping image %s", image)
+                skips.append(Prediction(image_id, skip=image.reason))
+        inputs = None
+        if good:
+            inputs = build_inputs(self.processor, [image for _, image in good],
+                                  [self.prompt] * len(good))
+        return CaptionBatch([image_id for image_id, _ in good], inputs, skips)
+
+
+@torch.inference_mode()
+def caption_inputs(model: PreTrainedModel, processor: ProcessorMixin, inputs: BatchFeature,
+                   settings: CaptionSettings) -> list[str]:
+    """Generate for a left-padded batch and decode only the new tokens, stripped."""
+    inputs = inputs.to(model.device)
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    output = model.generate(**inputs, **settings.generate_kwargs())
+    new_tokens = output[:, inputs["input_ids"].shape[1]:]
+    return [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def caption_images(model: PreTrainedModel, processor: ProcessorMixin,
+                   images: Sequence[Image.Image], prompts: Sequence[str],
+                   settings: CaptionSettings) -> list[str]:
+    """One caption per (image, prompt); prompts may differ in length (left padding)."""
+    return caption_inputs(model, processor, build_inputs(processor, images, prompts), settings)
+
+
+def generate_predictions(model: PreTrainedModel, processor: ProcessorMixin,
+                         items: Sequence[EvalImage], settings: CaptionSettings,
+                         log: PredictionLog, *, batch_size: int, num_workers: int,
+                         progress: bool = True) -> None:
+    """Caption `items`, appending each batch (captions and skips) to `log` as soon as it is done."""
+    loader = DataLoader(ImageDataset(items), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=Collate(processor, settings.prompt))
+    with log.appending() as append, tqdm(total=len(items), desc="captions", unit="img",
+                                         disable=not progress) as bar:
+        for batch in loader:
+            predictions = list(batch.skips)
+            if batch.inputs is not None:
+                captions = caption_inputs(model, processor, batch.inputs, settings)
+                predictions += [Prediction(image_id, caption=caption)
+                                for image_id, caption in zip(batch.image_ids, captions,
+                                                             strict=True)]
+            append(predictions)
+            bar.update(len(predictions))

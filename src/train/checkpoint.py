@@ -1,0 +1,103 @@
+"""Resumable checkpoints: accelerate's state plus a small JSON of where training stood.
+
+Layout: `<checkpoint_dir>/step-00000500/` holds `accelerator.save_state` (trainable
+weights only, optimizer, scheduler, RNG states) and `trainer_state.json`, written last,
+so a directory without it is an interrupted save and is ignored. The JSON carries the
+run's fingerprint: checkpoints of a different config or training file are never resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from src.data.atomic import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+PREFIX = "step-"
+
+
+@dataclass(frozen=True)
+class TrainerState:
+    step: int  # optimizer steps done
+    epoch: int  # the epoch in progress
+    batches_in_epoch: int  # batches of that epoch consumed (skip them on resume)
+    fingerprint: str
+    skipped: dict[str, int] = field(default_factory=dict)  # image skips so far, by reason
+    samples: int = 0  # captions trained on so far
+    train_loss: float | None = None  # the last logged values
+    val_loss: float | None = None
+    val_loss_initial: float | None = None  # before step 1
+
+
+def fingerprint(config: Mapping[str, object], train_file: Path) -> str:
+    """A digest of everything that changes the trained weights."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    with open(train_file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def checkpoint_path(checkpoint_dir: Path, step: int) -> Path:
+    return Path(checkpoint_dir) / f"{PREFIX}{step:08d}"
+
+
+def _complete(checkpoint_dir: Path) -> list[tuple[Path, TrainerState]]:
+    found = []
+    for path in sorted(Path(checkpoint_dir).glob(f"{PREFIX}*")):
+        state_path = path / STATE_FILE
+        if state_path.is_file():
+            found.append((path, TrainerState(**json.loads(state_path.read_text()))))
+    return found
+
+
+def latest_checkpoint(checkpoint_dir: Path,
+                      run_fingerprint: str) -> tuple[Path, TrainerState] | None:
+    """The newest complete checkpoint of this run, or None."""
+    ours = [(path, state) for path, state in _complete(checkpoint_dir)
+            if state.fingerprint == run_fingerprint]
+    return max(ours, key=lambda item: item[1].step) if ours else None
+
+
+def remove_other_runs(checkpoint_dir: Path, run_fingerprint: str) -> int:
+    """Delete checkpoints (complete or not) that are not this run's; return how many."""
+    ours = {path for path, state in _complete(checkpoint_dir)
+            if state.fingerprint == run_fingerprint}
+    others = [path for path in Path(checkpoint_dir).glob(f"{PREFIX}*") if path not in ours]
+    for path in others:
+        shutil.rmtree(path)
+    if others:
+        logger.warning("removed %d checkpoints of another config or training file from %s",
+                       len(others), checkpoint_dir)
+    return len(others)
+
+
+def write_trainer_state(path: Path, state: TrainerState) -> None:
+    atomic_write_json(path / STATE_FILE, asdict(state))
+
+
+def prune(checkpoint_dir: Path, keep: int) -> None:
+    """Keep the `keep` newest complete checkpoints."""
+    complete = sorted(_complete(checkpoint_dir), key=lambda item: item[1].step)
+    for path, _ in complete[:-keep]:
+        shutil.rmtree(path)
+
+
+def keep_trainable_weights(models: list[torch.nn.Module], weights: list[dict[str, torch.Tensor]],
+                           output_dir: str) -> None:
+    """accelerate save-state pre-hook: store only trainable tensors (LoRA, a trained
+    projector), not the frozen 7B base. Load back with `load_state(..., strict=False)`."""
+    for index, model in enumerate(models):
+        trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+        weights[index] = {name: tensor for name, tensor in weights[index].items()
+                          if name in trainable}

@@ -1,0 +1,85 @@
+"""Fine-tune LLaVA-1.5 with LoRA (or QLoRA) on a captions JSONL: the seed's command.
+
+    python -m src.train.finetune_llava --train-file data/processed/train.jsonl \\
+        --val-ann data/coco/annotations/captions_val2017.json --val-images data/coco/val2017 \\
+        --output-dir models/lora --model-id llava-hf/llava-1.5-7b-hf \\
+        --epochs 1 --bsz 1 --grad-accum 16 --lr 1e-4 --image-size 336 [--load-in-4bit]
+
+Several GPUs: `accelerate launch --num_processes N -m src.train.finetune_llava ...`.
+Every knob not given on the command line comes from params.yaml (`train`, `model_id`,
+`seed`, `assemble.full_prompt` for the validation prompt); `dvc repro train` runs the
+same recipe through `stages/train.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+
+from src.train.recipe import FinetunePaths, finetune
+from stages.train import load_config
+
+logger = logging.getLogger(__name__)
+
+# Command-line flag -> FinetuneConfig field; absent flags keep the params.yaml value.
+OVERRIDES = {
+    "model_id": str, "epochs": int, "max_steps": int, "bsz": int, "grad_accum": int,
+    "lr": float, "image_size": int, "lora_r": int, "lora_alpha": int, "lora_dropout": float,
+    "lora_target": str, "max_length": int, "seed": int,
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train-file", type=Path, required=True, help="training JSONL")
+    parser.add_argument("--val-ann", type=Path, required=True, help="COCO captions JSON")
+    parser.add_argument("--val-images", type=Path, required=True, help="its image directory")
+    parser.add_argument("--output-dir", type=Path, required=True, help="adapter + processor")
+    parser.add_argument("--image-root", type=Path,
+                        help="root of the JSONL image paths (default: the parent of "
+                             "--val-images, i.e. the COCO root holding train2017/)")
+    parser.add_argument("--checkpoint-dir", type=Path,
+                        help="resumable checkpoints (default: OUTPUT_DIR-checkpoints)")
+    parser.add_argument("--metrics", type=Path, help="also write the metrics JSON here")
+    parser.add_argument("--live-dir", type=Path, help="dvclive curves (default: none)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    for name, kind in OVERRIDES.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind)
+    for name, help_text in (("load-in-4bit", "QLoRA: nf4 base weights"),
+                            ("train-projector", "also train the multimodal projector"),
+                            ("skip-malformed", "count and skip malformed JSONL lines"),
+                            ("drop-bad-masks", "count and drop examples failing the mask check")):
+        parser.add_argument(f"--{name}", action="store_true", default=None, help=help_text)
+    parser.add_argument("--num-workers", type=int, default=2, help="image-decoding workers")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file
+    given = {name: getattr(args, name) for name in
+             (*OVERRIDES, "load_in_4bit", "train_projector", "skip_malformed", "drop_bad_masks",
+              "num_workers")}
+    config = dataclasses.replace(load_config(args.params),
+                                 **{k: v for k, v in given.items() if v is not None})
+    paths = FinetunePaths(
+        train_file=args.train_file,
+        image_root=args.image_root or args.val_images.parent,
+        val_ann=args.val_ann,
+        val_images=args.val_images,
+        output_dir=args.output_dir,
+        checkpoint_dir=args.checkpoint_dir or args.output_dir.with_name(
+            f"{args.output_dir.name}-checkpoints"),
+        metrics=args.metrics,
+        live_dir=args.live_dir,
+    )
+    metrics = finetune(config, paths)
+    logger.info("trained %d steps: loss %.4f, val loss %.4f -> %s", metrics["steps"],
+                metrics["loss"], metrics["val_loss"], args.output_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""The training loop: accelerate gradient accumulation, validation, checkpoints, resume.
+
+Steps are optimizer steps, counted on `sync_gradients`. A checkpoint is taken at a step
+boundary, so a resumed run skips the consumed batches of the epoch and continues with
+the same batch order, optimizer, scheduler and RNG states: it ends where an
+uninterrupted run ends, up to float rounding.
+
+The loss of a batch is the mean over its captions of each caption's mean token loss, so
+a short region caption weighs as much as a long one, and the gradient does not depend
+on how a global batch is split into micro-batches or processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator, skip_first_batches
+from accelerate.utils import gather_object
+from safetensors import safe_open
+from tqdm import tqdm
+
+from src.models.llava import IGNORE_INDEX
+from src.train.checkpoint import TrainerState, checkpoint_path, prune, write_trainer_state
+from src.train.sampler import LengthGroupedBatches
+
+logger = logging.getLogger(__name__)
+
+KEEP_CHECKPOINTS = 2  # older ones are deleted; the newest may be mid-write when killed
+MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")
+MetricsSink = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    total_steps: int
+    max_grad_norm: float
+    eval_every: int
+    save_every: int
+    log_every: int
+    checkpoint_dir: Path
+    fingerprint: str
+
+
+@dataclass
+class LoopResult:
+    steps: int = 0
+    train_loss: float = math.nan  # mean over the last log window
+    val_loss: float = math.nan  # at the last step
+    val_loss_initial: float = math.nan  # before the first step
+    samples: int = 0  # captions trained on, all processes, the whole run
+    tokens_per_second: float = math.nan  # non-pad tokens, all processes, since (re)start
+    skipped: Counter = field(default_factory=Counter)  # image skips by reason, all processes
+
+
+@dataclass
+class _Window:
+    """What happened since the last log line (this process)."""
+
+    losses: list[torch.Tensor] = field(default_factory=list)  # one per optimizer step
+    micro_losses: list[torch.Tensor] = field(default_factory=list)  # of the current step
+    tokens: int = 0
+    samples: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+
+def _nan_if_none(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def caption_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per row: the mean next-token cross-entropy over its supervised tokens (labels unshifted)."""
+    targets = labels[:, 1:]
+    token_losses = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX,
+        reduction="none")
+    return token_losses.sum(dim=1) / (targets != IGNORE_INDEX).sum(dim=1)
+
+
+class Trainer:
+    """Owns one run's prepared objects; `train()` runs it from a state (fresh or resumed)."""
+
+    def __init__(self, accelerator: Accelerator, model: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, scheduler: Any,
+                 train_loader: Any, batches: LengthGroupedBatches, val_loader: Any,
+                 dummy_batch: dict[str, torch.Tensor], settings: LoopSettings,
+                 log_metrics: MetricsSink) -> None:
+        self.accelerator = accelerator
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.train_loader = train_loader
+        self.batches = batches
+        self.val_loader = val_loader
+        # Run instead of a batch whose images were all unreadable (its loss times 0), so
+        # every process makes the same forward/backward calls (DDP/FSDP collectives).
+        self.dummy_batch = dummy_batch
+        self.settings = settings
+        self.log_metrics = log_metrics
+        steps_per_epoch = math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
+        self.num_epochs = math.ceil(settings.total_steps / steps_per_epoch)
+
+    def resume(self, path: Path, state: TrainerState) -> None:
+        """Load a checkpoint's accelerate state, checking every trainable tensor came back.
+        (FSDP and DeepSpeed write their own sharded whole-model checkpoints instead.)"""
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            self.accelerator.load_state(str(path))
+        else:
+            self.accelerator.load_state(str(path), strict=False)  # trainable tensors only
+            trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+            with safe_open(weights, framework="pt") as handle:
+                saved = set(handle.keys())
+            if saved != trainable:
+                raise RuntimeError(f"checkpoint {path} holds {len(saved)} tensors, the model "
+                                   f"has {len(trainable)} trainable ones (e.g. "
+                                   f"{sorted(saved ^ trainable)[0]}): not this run's")
+        logger.info("resumed from %s: step %d, epoch %d, %d batches into it", path, state.step,
+                    state.epoch, state.batches_in_epoch)
+
+    def _losses(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Caption losses of the batch's rows (of the dummy batch when it has none)."""
+        source = batch if "input_ids" in batch else self.dummy_batch
+        logits = self.model(**{key: source[key] for key in MODEL_INPUTS}).logits
+        return caption_losses(logits, source["labels"])
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean caption loss over the validation set, all processes."""
+        self.model.eval()
+        total, count = 0.0, 0
+        for batch in self.val_loader:
+            losses = self._losses(batch)
+            kept = batch["kept"]
+            per_item = torch.zeros(len(kept), device=kept.device)
+            if "input_ids" in batch:
+                per_item[kept] = losses
+            per_item, kept = self.accelerator.gather_for_metrics((per_item, kept))
+            total += per_item[kept].sum().item()
+            count += int(kept.sum())
+        self.model.train()
+        return total / count if count else math.nan
+
+    def _gather_skips(self, skipped: Counter) -> Counter:
+        totals = Counter()
+        for counts in gather_object([dict(skipped)]):
+            totals.update(counts)
+        return totals
+
+    def _reduce_sum(self, value: int) -> int:
+        return int(self.accelerator.reduce(torch.tensor(value, device=self.accelerator.device),
+                                           reduction="sum"))
+
+    def _save(self, state: TrainerState) -> None:
+        path = checkpoint_path(self.settings.checkpoint_dir, state.step)
+        self.accelerator.save_state(str(path))
+        if self.accelerator.is_main_process:
+            write_trainer_state(path, state)
+            prune(self.settings.checkpoint_dir, KEEP_CHECKPOINTS)
+        self.accelerator.wait_for_everyone()
+
+    def _epoch_batches(self, epoch: int, skip: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(batches of the epoch consumed so far, batch), the first `skip` batches left out."""
+        self.batches.use_epoch(epoch)
+        loader = skip_first_batches(self.train_loader, skip) if skip else self.train_loader
+        yield from enumerate(loader, start=skip + 1)
+
+    def _micro_step(self, batch: dict[str, Any], window: _Window) -> None:
+        with self.accelerator.accumulate(self.model):
+            loss = self._losses(batch).mean()
+            if "input_ids" not in batch:
+                loss = loss * 0.0
+            self.accelerator.backward(loss)
+            if self.accelerator.sync_gradients and self.settings.max_grad_norm > 0:
+                self.accelerator.clip_grad_norm_(self.model.parameters(),
+                                                 self.settings.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+        if "input_ids" in batch:
+            window.micro_losses.append(loss.detach())
+            window.tokens += int(batch["attention_mask"].sum())
+            window.samples += len(batch["input_ids"])
+
+    def _log(self, step: int, window: _Window) -> float:
+        """Log the window's mean loss, lr and throughputs; return the loss."""
+        losses = torch.stack(window.losses).mean() if window.losses else torch.tensor(math.nan)
+        loss = float(self.accelerator.reduce(losses.to(self.accelerator.device), reduction="mean"))
+        seconds = time.perf_counter() - window.start
+        self.log_metrics(step, {"loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                                "tokens_per_second": self._reduce_sum(window.tokens) / seconds,
+                                "samples_per_second": self._reduce_sum(window.samples) / seconds})
+        return loss
+
+    def train(self, state: TrainerState, *, show_progress: bool) -> LoopResult:
+        """Train from `state` (step 0 for a fresh run) to `total_steps`."""
+        settings, accelerator = self.settings, self.accelerator
+        result = LoopResult(steps=state.step, train_loss=_nan_if_none(state.train_loss),
+                            val_loss=_nan_if_none(state.val_loss),
+                            val_loss_initial=_nan_if_none(state.val_loss_initial))
+        # Counts before a checkpoint are totals over processes: carry them on main only.
+        carried = accelerator.is_main_process
+        skipped = Counter(state.skipped if carried else {})
+        samples = state.samples if carried else 0
+        if state.step == 0:
+            result.val_loss_initial = self.validate()
+            self.log_metrics(0, {"val_loss": result.val_loss_initial})
+        run_start, run_tokens, window = time.perf_counter(), 0, _Window()
+        bar = tqdm(total=settings.total_steps, initial=state.step, desc="train", unit="step",
+                   disable=not (show_progress and accelerator.is_local_main_process))
+        self.model.train()
+        for epoch in range(state.epoch, self.num_epochs):
+            if result.steps >= settings.total_steps:  # e.g. resumed from the final checkpoint
+                break
+            skip = state.batches_in_epoch if epoch == state.epoch else 0
+            for consumed, batch in self._epoch_batches(epoch, skip):
+                skipped.update(batch["skipped"])
+                samples += int(batch["kept"].sum())
+                self._micro_step(batch, window)
+                if not accelerator.sync_gradients:
+                    continue
+                result.steps += 1
+                step = result.steps
+                bar.update(1)
+                if window.micro_losses:
+                    window.losses.append(torch.stack(window.micro_losses).mean())
+                    window.micro_losses = []
+                last = step == settings.total_steps
+                if step % settings.log_every == 0 or last:
+                    result.train_loss = self._log(step, window)
+                    bar.set_postfix(loss=f"{result.train_loss:.4f}")
+                    run_tokens += window.tokens
+                    window = _Window()
+                if step % settings.eval_every == 0 or last:
+                    result.val_loss = self.validate()
+                    self.log_metrics(step, {"val_loss": result.val_loss})
+                if step % settings.save_every == 0 or last:
+                    done = consumed == len(self.train_loader)
+                    self._save(TrainerState(
+                        step, epoch + done, 0 if done else consumed, settings.fingerprint,
+                        dict(self._gather_skips(skipped)), self._reduce_sum(samples),
+                        result.train_loss, result.val_loss, result.val_loss_initial))
+                if last:
+                    break
+        bar.close()
+        result.skipped = self._gather_skips(skipped)
+        result.samples = self._reduce_sum(samples)
+        result.tokens_per_second = self._reduce_sum(run_tokens) / (time.perf_counter() - run_start)
+        return result

@@ -1,0 +1,287 @@
+"""The fine-tuning recipe shared by `stages/train.py` and `python -m src.train.finetune_llava`.
+
+`finetune()` builds the parts in dependency order (data first: its token lengths size
+the batches and the schedule; then the model, optimizer and scheduler; accelerate
+prepares them together), resumes from the newest checkpoint of the same run if there is
+one, trains, and writes the adapter directory and the metrics.
+
+    accelerate launch --multi_gpu --num_processes 2 -m src.train.finetune_llava ...
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import send_to_device, set_seed
+from peft import PeftModel
+from torch.utils.data import DataLoader
+from transformers import ProcessorMixin, get_cosine_schedule_with_warmup
+
+from src.data.atomic import atomic_write_json
+from src.data.jsonl import read_examples
+from src.models.llava import IGNORE_INDEX, image_token_count, load_llava, load_processor
+from src.train.checkpoint import (
+    TrainerState,
+    fingerprint,
+    keep_trainable_weights,
+    latest_checkpoint,
+    remove_other_runs,
+)
+from src.train.data import CaptionDataset, Collate, Sample, encode_examples, validation_examples
+from src.train.live import LiveMetrics
+from src.train.loop import LoopSettings, Trainer
+from src.train.model import LoraSettings, parameter_counts, prepare_for_training
+from src.train.outputs import save_adapter_dir
+from src.train.sampler import LengthGroupedBatches
+
+logger = logging.getLogger(__name__)
+
+# Knobs that change how a run executes or reports, never the trained weights: a changed
+# value keeps resuming the same checkpoints.
+EXECUTION_KNOBS = ("eval_every", "save_every", "log_every", "num_workers")
+IMAGE_ROOT_PROBE = 100  # examples whose images must not all be missing at start
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Every knob (params.yaml `train` + model_id, seed, the validation prompt)."""
+
+    model_id: str
+    seed: int
+    val_prompt: str
+    epochs: int
+    max_steps: int
+    bsz: int
+    grad_accum: int
+    lr: float
+    weight_decay: float
+    warmup_ratio: float
+    max_grad_norm: float
+    image_size: int
+    load_in_4bit: bool
+    gradient_checkpointing: bool
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_target: str
+    train_projector: bool
+    max_length: int
+    val_examples: int
+    eval_every: int
+    save_every: int
+    log_every: int
+    skip_malformed: bool = False  # count and skip malformed JSONL lines instead of failing
+    drop_bad_masks: bool = False  # count and drop examples whose mask check fails
+    num_workers: int = 2  # DataLoader workers decoding images
+
+
+@dataclass(frozen=True)
+class FinetunePaths:
+    train_file: Path
+    image_root: Path  # JSONL image paths are relative to it
+    val_ann: Path  # COCO captions JSON
+    val_images: Path  # its images
+    output_dir: Path
+    checkpoint_dir: Path
+    metrics: Path | None = None
+    live_dir: Path | None = None
+
+
+def _check_image_root(samples: list[Sample], image_root: Path) -> None:
+    probe = samples[:IMAGE_ROOT_PROBE]
+    if probe and not any(sample.image_path.is_file() for sample in probe):
+        raise FileNotFoundError(f"none of the first {len(probe)} training images exists under "
+                                f"--image-root {image_root} (e.g. {probe[0].image_path})")
+
+
+def _describe(sample: Sample, tokenizer: object, image_token_id: int) -> str:
+    prompt = [t for t, label in zip(sample.input_ids, sample.labels, strict=True)
+              if label == IGNORE_INDEX and t != image_token_id]
+    target = [label for label in sample.labels if label != IGNORE_INDEX]
+    return (f"{sample.example_id}: {len(sample.input_ids)} tokens "
+            f"({sample.input_ids.count(image_token_id)} image); masked text "
+            f"{tokenizer.decode(prompt)!r} -> target {tokenizer.decode(target)!r}")
+
+
+def _first_loadable(dataset: CaptionDataset, collate: Collate) -> dict[str, Any]:
+    for index in range(len(dataset)):
+        item = dataset[index]
+        if "skip" not in item:
+            return collate([item])
+    raise RuntimeError("no training image could be read")
+
+
+def _share_cpu_cores(num_processes: int, num_workers: int) -> None:
+    """Lower torch's intra-op threads so processes x (threads + workers) fits the cores:
+    oversubscribed OpenMP threads spin-wait and can slow training tens of times."""
+    budget = max(1, (os.cpu_count() or 1) // num_processes - num_workers)
+    if torch.get_num_threads() > budget:
+        logger.info("using %d torch threads per process (%d cores, %d processes, %d workers)",
+                    budget, os.cpu_count(), num_processes, num_workers)
+        torch.set_num_threads(budget)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+@dataclass
+class _Data:
+    train_samples: list[Sample]
+    val_samples: list[Sample]
+    dropped: Counter  # training examples dropped before training, by reason
+    val_dropped: Counter
+    malformed: int  # skipped JSONL lines
+    batches: LengthGroupedBatches
+    train_loader: DataLoader
+    val_loader: DataLoader
+    dummy_batch: dict[str, Any]
+
+
+def _setup_data(config: FinetuneConfig, paths: FinetunePaths, processor: ProcessorMixin,
+                num_processes: int) -> _Data:
+    examples, malformed = read_examples(paths.train_file, skip_malformed=config.skip_malformed)
+    encode = {"max_length": config.max_length, "drop_bad_masks": config.drop_bad_masks,
+              "skip_bad_paths": config.skip_malformed}
+    train_samples, dropped = encode_examples(examples, paths.image_root, processor, **encode)
+    if not train_samples:
+        raise ValueError(f"{paths.train_file}: no trainable example ({dict(dropped)})")
+    _check_image_root(train_samples, paths.image_root)
+    val_samples, val_dropped = encode_examples(
+        validation_examples(paths.val_ann, config.val_examples, config.val_prompt, config.seed),
+        paths.val_images, processor, **encode)
+    collate = Collate(processor.tokenizer.pad_token_id)
+    train_set = CaptionDataset(train_samples, processor)
+    global_batch = config.bsz * num_processes
+    batches = LengthGroupedBatches(train_set.lengths(), global_batch, config.seed)
+    # A private generator: starting an epoch's iterator then draws nothing from the global
+    # RNG, so a resumed run's dropout masks match an uninterrupted run's.
+    loader_kwargs = {"collate_fn": collate, "num_workers": config.num_workers,
+                     "persistent_workers": config.num_workers > 0,
+                     "generator": torch.Generator().manual_seed(config.seed)}
+    return _Data(
+        train_samples, val_samples, dropped, val_dropped, malformed, batches,
+        DataLoader(train_set, batch_sampler=batches, **loader_kwargs),
+        DataLoader(CaptionDataset(val_samples, processor), batch_size=global_batch,
+                   **loader_kwargs),
+        _first_loadable(train_set, collate))
+
+
+def _setup_model(config: FinetuneConfig, device: torch.device) -> PeftModel:
+    quantized = config.load_in_4bit
+    dtype = torch.bfloat16 if torch.cuda.is_available() or quantized else torch.float32
+    model = load_llava(config.model_id, config.image_size, dtype=dtype, load_in_4bit=quantized,
+                       device_map={"": str(device)} if quantized else None)
+    lora = LoraSettings(config.lora_r, config.lora_alpha, config.lora_dropout,
+                        config.lora_target, config.train_projector)
+    return prepare_for_training(model, lora, gradient_checkpointing=config.gradient_checkpointing,
+                                quantized=quantized)
+
+
+def _banner(config: FinetuneConfig, data: _Data, processor: ProcessorMixin, num_processes: int,
+            total_steps: int, counts: dict[str, tuple[int, int]]) -> None:
+    trainable, total = (sum(c[i] for c in counts.values()) for i in (0, 1))
+    logger.info(
+        "***** Running training *****\n"
+        "  examples %d (dropped %s, %d malformed lines), validation %d (dropped %s)\n"
+        "  batch %d x accumulation %d x processes %d = %d captions per step\n"
+        "  steps %d (%d per epoch), image tokens %d per example\n"
+        "  trainable parameters %s of %s: %s",
+        len(data.train_samples), dict(data.dropped), data.malformed, len(data.val_samples),
+        dict(data.val_dropped), config.bsz, config.grad_accum, num_processes,
+        config.bsz * config.grad_accum * num_processes, total_steps,
+        math.ceil(len(data.batches) / config.grad_accum), image_token_count(processor),
+        f"{trainable:,}", f"{total:,}",
+        ", ".join(f"{group} {t:,}/{n:,}" for group, (t, n) in counts.items()))
+    for sample in data.train_samples[:2]:
+        logger.info("sample %s", _describe(sample, processor.tokenizer, processor.image_token_id))
+
+
+def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
+             show_progress: bool = True) -> dict[str, object]:
+    """Train (or resume) and write the adapter dir and metrics; returns the metrics."""
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.grad_accum,
+        mixed_precision="bf16" if torch.cuda.is_available() else "no",
+        # The batch sampler yields global batches, split across processes: the effective
+        # batch (bsz x grad_accum x processes) and the batch order match one process.
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
+    set_seed(config.seed)
+    if accelerator.device.type == "cpu":
+        _share_cpu_cores(accelerator.num_processes, config.num_workers)
+    run_config = {**asdict(config), "train_file": str(paths.train_file),
+                  "val_ann": str(paths.val_ann)}
+    run_fingerprint = fingerprint({k: v for k, v in run_config.items()
+                                   if k not in EXECUTION_KNOBS}, paths.train_file)
+
+    # Data first: its size sets the schedule. Then model, optimizer, schedule.
+    processor = load_processor(config.model_id, config.image_size)
+    data = _setup_data(config, paths, processor, accelerator.num_processes)
+    model = _setup_model(config, accelerator.device)
+    counts = parameter_counts(model)
+    steps_per_epoch = math.ceil(len(data.batches) / config.grad_accum)
+    total_steps = config.max_steps if config.max_steps > 0 else config.epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps)
+    if accelerator.state.deepspeed_plugin is not None:  # it cannot read a batch sampler's size
+        accelerator.state.deepspeed_plugin.deepspeed_config[
+            "train_micro_batch_size_per_gpu"] = config.bsz
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, data.train_loader, data.val_loader, scheduler)
+    accelerator.register_save_state_pre_hook(keep_trainable_weights)
+
+    # Resume
+    if accelerator.is_main_process:
+        remove_other_runs(paths.checkpoint_dir, run_fingerprint)
+    accelerator.wait_for_everyone()
+    found = latest_checkpoint(paths.checkpoint_dir, run_fingerprint)
+    live = None
+    if paths.live_dir is not None and accelerator.is_main_process:
+        live = LiveMetrics(paths.live_dir, found[1].step if found else None)
+    settings = LoopSettings(total_steps, config.max_grad_norm, config.eval_every,
+                            config.save_every, config.log_every, paths.checkpoint_dir,
+                            run_fingerprint)
+    trainer = Trainer(accelerator, model, optimizer, scheduler, train_loader, data.batches,
+                      val_loader, send_to_device(data.dummy_batch, accelerator.device), settings,
+                      live if live is not None else lambda step, metrics: None)
+    if found:
+        trainer.resume(*found)
+    _banner(config, data, processor, accelerator.num_processes, total_steps, counts)
+
+    result = trainer.train(found[1] if found else TrainerState(0, 0, 0, run_fingerprint),
+                           show_progress=show_progress)
+
+    metrics = {
+        "loss": _finite_or_none(result.train_loss), "val_loss": _finite_or_none(result.val_loss),
+        "val_loss_initial": _finite_or_none(result.val_loss_initial), "steps": result.steps,
+        "examples": len(data.train_samples), "val_examples": len(data.val_samples),
+        "samples_trained": result.samples,
+        "tokens_per_second": _finite_or_none(result.tokens_per_second),
+        "skipped_images": sum(result.skipped.values()),
+        "skipped": dict(data.dropped + result.skipped), "skipped_val": dict(data.val_dropped),
+        "malformed_lines": data.malformed, "trainable_params": sum(t for t, _ in counts.values()),
+        "resumed_from_step": found[1].step if found else 0,
+        "processes": accelerator.num_processes,
+    }
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        save_adapter_dir(paths.output_dir, accelerator.unwrap_model(model), state_dict,
+                         processor, run_config, metrics)
+        if paths.metrics is not None:
+            atomic_write_json(paths.metrics, metrics)
+        if live is not None:
+            live.close()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return metrics

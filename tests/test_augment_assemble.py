@@ -1,0 +1,181 @@
+"""Thresholds, cross-phrase NMS, the cap and the example mix, on hand-made rows."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from src.augment.assemble import (
+    AssembleConfig,
+    assemble,
+    box_iou,
+    box_text,
+    cap_regions,
+    cross_phrase_nms,
+    passes_box_text,
+    sweep_csv,
+    threshold_sweep,
+)
+from src.augment.gallery import CELL, KEPT, choose_gallery, draw_boxes, grid
+
+COLUMNS = ["name", "image_id", "phrase_index", "query_index", "box_x0", "box_y0", "box_x1",
+           "box_y1", "box_score", "phrase_score", "clip_score"]
+ROWS = [  # name, image, phrase, query, box xyxy, box_score, phrase_score, clip_score
+    ("A", 1, 0, 0, 0, 0, 10, 10, 0.9, 0.8, 0.30),
+    ("B", 1, 1, 0, 0, 0, 10, 10, 0.9, 0.5, 0.35),  # A's box, weaker phrase: IoU 1
+    ("C", 1, 0, 1, 1, 0, 11, 10, 0.8, 0.8, 0.40),  # IoU with A 90/110 = 0.82
+    ("D", 1, 2, 2, 20, 20, 30, 30, 0.3, 0.25, 0.20),  # exactly at both thresholds
+    ("E", 1, 1, 3, 2, 0, 12, 10, 0.7, 0.3, 0.27),  # IoU with A 80/120 = 0.67
+    ("F", 1, 0, 4, 40, 40, 50, 50, 0.29, 0.9, 0.90),  # box score too low
+    ("G", 1, 1, 5, 40, 0, 50, 10, 0.9, 0.24, 0.90),  # phrase score too low
+    ("H", 2, 0, 0, 0, 0, 5, 5, 0.6, 0.6, 0.50),  # A's place, another image
+]
+
+
+@pytest.fixture
+def regions() -> pd.DataFrame:
+    frame = pd.DataFrame(ROWS, columns=COLUMNS)
+    frame["phrase"] = frame["name"].str.lower() + " thing"
+    frame["caption"] = "a " + frame["phrase"]
+    frame["file_name"] = frame["image_id"].map(lambda i: f"{i:012d}.jpg")
+    frame["width"], frame["height"] = 20, 40
+    return frame
+
+
+@pytest.fixture
+def config() -> AssembleConfig:
+    return AssembleConfig(box_threshold=0.3, text_threshold=0.25, clip_threshold=0.26,
+                          nms_iou=0.7, full_prompt="Caption it.", region_prompt="Name it.",
+                          region_format="crop", max_region_ratio=1.0, seed=0)
+
+
+def _names(frame: pd.DataFrame) -> list[str]:
+    return sorted(frame["name"])
+
+
+def test_box_and_text_thresholds_are_inclusive(regions: pd.DataFrame) -> None:
+    assert _names(passes_box_text(regions, 0.3, 0.25)) == ["A", "B", "C", "D", "E", "H"]
+
+
+def test_iou() -> None:
+    others = pd.DataFrame([[1, 0, 11, 10], [2, 0, 12, 10], [20, 20, 30, 30]]).to_numpy(float)
+    assert box_iou(pd.Series([0, 0, 10, 10]).to_numpy(float), others).tolist() == pytest.approx(
+        [90 / 110, 80 / 120, 0.0])
+
+
+def test_nms_keeps_one_phrase_per_box_and_suppresses_overlaps(regions: pd.DataFrame) -> None:
+    candidates = passes_box_text(regions, 0.3, 0.25)
+    assert _names(cross_phrase_nms(candidates, 0.7)) == ["A", "D", "E", "H"]
+    # E survives A at 0.7 but not at 0.6; an IoU of 1.0 is never *above* 1.0.
+    assert _names(cross_phrase_nms(candidates, 0.6)) == ["A", "D", "H"]
+    assert _names(cross_phrase_nms(candidates, 1.0)) == ["A", "B", "C", "D", "E", "H"]
+
+
+def test_nms_order_does_not_depend_on_input_order(regions: pd.DataFrame) -> None:
+    shuffled = regions.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    assert cross_phrase_nms(shuffled, 0.7)["name"].tolist() == \
+        cross_phrase_nms(regions, 0.7)["name"].tolist()
+
+
+def test_cap_prefers_clip_score_and_breaks_ties_by_seed(regions: pd.DataFrame) -> None:
+    assert _names(cap_regions(regions, 3, seed=0)) == ["F", "G", "H"]  # 0.9, 0.9, 0.5
+    assert len(cap_regions(regions, 0, seed=0)) == 0
+    tied = regions.assign(clip_score=0.5)
+    picks = {tuple(_names(cap_regions(tied, 2, seed=s))) for s in range(10)}
+    assert len(picks) > 1  # the seed decides among equals, the same way every time
+    assert _names(cap_regions(tied, 2, seed=4)) == _names(cap_regions(tied, 2, seed=4))
+
+
+def test_box_text_is_llava_notation() -> None:
+    assert box_text((2.0, 12.0, 11.0, 36.4), 20, 40) == "[0.10, 0.30, 0.55, 0.91]"
+
+
+def _captions() -> pd.DataFrame:
+    return pd.DataFrame({"image_id": [1, 1, 2, 3], "file_name": [f"{i:012d}.jpg" for i in
+                                                                  (1, 1, 2, 3)],
+                         "width": 20, "height": 40, "caption_id": [11, 10, 20, 30],
+                         "caption": ["One  dog. ", "A cat.", "Two.", "   "]})
+
+
+def _counts(skipped: dict[str, list[int]] | None = None) -> dict:
+    detect = {"images": 2, "images_no_detections": 0, "phrases": 6, "phrases_too_long": 1,
+              "candidates": 16, "queries": 2, "skipped": skipped or {}}
+    return {"detect": detect, "clip_score": {"small_boxes": 8, "skipped": {}}}
+
+
+def test_assemble_examples_metrics_and_order(regions: pd.DataFrame,
+                                             config: AssembleConfig) -> None:
+    result = assemble(_captions(), regions, _counts(), config, "train2017")
+    ids = [e.id for e in result.examples]
+    assert ids == ["1-full-10", "1-full-11", "1-region-0-0", "1-region-1-3", "2-full-20",
+                   "2-region-0-0"]
+    full = result.examples[1]
+    assert (full.image, full.kind, full.bbox, full.prompt, full.caption) == (
+        "train2017/000000000001.jpg", "full", None, "Caption it.", "One dog.")
+    region = result.examples[3]  # E
+    assert (region.bbox, region.prompt, region.caption, region.meta["clip_score"]) == (
+        (2.0, 0.0, 12.0, 10.0), "Name it.", "a e thing", 0.27)
+    assert result.metrics == {
+        "images": 3, "images_skipped": 0, "images_no_phrases": 1, "images_no_detections": 0,
+        "phrases": 6, "phrases_too_long": 1, "candidates": 16, "candidates_small": 8,
+        "after_box_text": 6, "after_nms": 4, "regions_kept": 3, "keep_rate": round(3 / 16, 4),
+        "captions_empty": 1, "full_examples": 3, "region_examples": 3}
+
+
+def test_region_cap_follows_the_ratio(regions: pd.DataFrame, config: AssembleConfig) -> None:
+    result = assemble(_captions(), regions, _counts(),
+                      dataclasses.replace(config, max_region_ratio=0.5), "train2017")
+    assert result.metrics["full_examples"] == 3
+    assert result.metrics["region_examples"] == 1  # int(0.5 * 3): H, the best CLIP score
+    assert [e.id for e in result.examples if e.kind == "region"] == ["2-region-0-0"]
+
+
+def test_skipped_images_give_no_examples(regions: pd.DataFrame, config: AssembleConfig) -> None:
+    result = assemble(_captions(), regions, _counts({"truncated": [1]}), config, "train2017")
+    assert {e.id.split("-")[0] for e in result.examples if e.kind == "full"} == {"2"}
+    assert result.metrics["images_skipped"] == 1
+    assert result.metrics["images_skipped_truncated"] == 1
+
+
+def test_box_format_writes_the_box_into_the_prompt(regions: pd.DataFrame,
+                                                   config: AssembleConfig) -> None:
+    box_config = dataclasses.replace(config, region_format="box",
+                                     region_prompt="Describe the region {box} in one short phrase.")
+    result = assemble(_captions(), regions, _counts(), box_config, "train2017")
+    region = next(e for e in result.examples if e.id == "1-region-1-3")  # E: (2, 0, 12, 10)
+    assert region.bbox is None
+    assert region.image == "train2017/000000000001.jpg"
+    assert region.prompt == "Describe the region [0.10, 0.00, 0.60, 0.25] in one short phrase."
+
+
+@pytest.mark.parametrize(("region_format", "prompt"), [
+    ("box", "Name it."), ("crop", "Name {box}."), ("boxes", "Name {box}.")])
+def test_inconsistent_region_settings_fail_at_start(config: AssembleConfig, region_format: str,
+                                                    prompt: str) -> None:
+    with pytest.raises(ValueError, match="region_"):
+        dataclasses.replace(config, region_format=region_format, region_prompt=prompt)
+
+
+def test_threshold_sweep(regions: pd.DataFrame) -> None:
+    sweep = threshold_sweep(regions)
+    assert len(sweep) == 51 and sweep[0] == (0.0, 8) and sweep[-1] == (0.5, 3)
+    assert dict(sweep)[0.27] == 7 and dict(sweep)[0.28] == 6 and dict(sweep)[0.3] == 6
+    lines = sweep_csv(sweep).splitlines()
+    assert lines[:2] == ["clip_threshold,regions_kept", "0.00,8"] and lines[-1] == "0.50,3"
+
+
+def test_gallery_marks_kept_boxes(regions: pd.DataFrame) -> None:
+    candidates = passes_box_text(regions, 0.3, 0.25)
+    chosen = candidates[candidates["name"].isin(["A", "H"])]
+    gallery = choose_gallery(candidates, chosen, num_images=5, seed=0)
+    assert sorted(gallery) == [1, 2]
+    assert sorted((b.label, b.kept) for b in gallery[1]) == [
+        ("a thing 0.30", True), ("b thing 0.35", False), ("c thing 0.40", False),
+        ("d thing 0.20", False), ("e thing 0.27", False)]
+    tile = draw_boxes(Image.new("RGB", (20, 40), (0, 0, 0)), gallery[1])
+    assert max(tile.size) == CELL
+    assert KEPT in {color for _, color in tile.getcolors(CELL * CELL)}
+    assert grid([tile] * 5).size == (4 * CELL, 2 * CELL)

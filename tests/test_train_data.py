@@ -1,0 +1,114 @@
+"""Samples from JSONL and COCO captions: region crops, image skips, padding, batch order."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from train_fixtures import FULL_PROMPT, torch_threads, write_demo_jsonl
+
+from src.data.images import crop_box, load_rgb
+from src.data.jsonl import read_examples
+from src.models.llava import IGNORE_INDEX, load_processor
+from src.train.data import CaptionDataset, Collate, encode_examples, validation_examples
+from src.train.sampler import LengthGroupedBatches
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    with torch_threads(1):
+        yield
+
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_models: dict[str, Path]):
+    return load_processor(str(tiny_models["llava"]), 32)
+
+
+@pytest.fixture(scope="module")
+def samples(demo_coco: Path, processor, tmp_path_factory: pytest.TempPathFactory):
+    path = tmp_path_factory.mktemp("jsonl") / "train.jsonl"
+    write_demo_jsonl(demo_coco, path)
+    examples, _ = read_examples(path)
+    samples, skipped = encode_examples(examples, demo_coco, processor, max_length=128,
+                                       drop_bad_masks=False, skip_bad_paths=False)
+    assert not skipped
+    return samples
+
+
+def test_region_example_is_the_crop_of_its_box(samples, processor) -> None:
+    region = next(s for s in samples if s.bbox_xyxy is not None)
+    item = CaptionDataset([region], processor)[0]
+    crop = crop_box(load_rgb(region.image_path), region.bbox_xyxy)
+    expected = processor.image_processor(images=crop, return_tensors="pt")["pixel_values"][0]
+    assert item["pixel_values"].shape == (3, 32, 32)
+    assert torch.equal(item["pixel_values"], expected)
+    full = next(s for s in samples if s.bbox_xyxy is None and s.image_path == region.image_path)
+    assert not torch.equal(CaptionDataset([full], processor)[0]["pixel_values"], expected)
+
+
+def test_unreadable_images_become_counted_skips(samples, processor, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    bad = [s.__class__(s.example_id, broken, None, s.input_ids, s.labels) for s in samples[:1]]
+    missing = [s.__class__(s.example_id, tmp_path / "nope.jpg", None, s.input_ids, s.labels)
+               for s in samples[:1]]
+    dataset = CaptionDataset([samples[0], *bad, *missing, samples[1]], processor)
+    batch = Collate(processor.tokenizer.pad_token_id)([dataset[i] for i in range(4)])
+    assert batch["skipped"] == ["not_an_image", "missing"]
+    assert batch["kept"].tolist() == [True, False, False, True]
+    assert batch["input_ids"].shape[0] == batch["pixel_values"].shape[0] == 2
+    empty = Collate(processor.tokenizer.pad_token_id)([dataset[1]])
+    assert "input_ids" not in empty and empty["skipped"] == ["not_an_image"]
+
+
+def test_collate_pads_right_with_ignored_labels(samples, processor) -> None:
+    short, long = sorted(samples[:10], key=lambda s: len(s.input_ids))[::9]
+    dataset = CaptionDataset([short, long], processor)
+    batch = Collate(processor.tokenizer.pad_token_id)([dataset[0], dataset[1]])
+    n = len(short.input_ids)
+    assert batch["input_ids"][0, :n].tolist() == short.input_ids
+    assert (batch["input_ids"][0, n:] == processor.tokenizer.pad_token_id).all()
+    assert (batch["labels"][0, n:] == IGNORE_INDEX).all()
+    assert batch["attention_mask"][0].tolist() == [1] * n + [0] * (len(long.input_ids) - n)
+    assert batch["attention_mask"][1].all()
+
+
+def test_validation_examples_are_a_seeded_slice(demo_coco: Path) -> None:
+    ann = demo_coco / "annotations" / "captions_val2017.json"
+    examples = validation_examples(ann, 5, FULL_PROMPT, seed=0)
+    assert len(examples) == 5 and len({e.image for e in examples}) == 5
+    assert all(e.prompt == FULL_PROMPT and e.kind == "full" for e in examples)
+    assert all((demo_coco / "val2017" / e.image).is_file() for e in examples)
+    assert validation_examples(ann, 5, FULL_PROMPT, seed=0) == examples
+    assert validation_examples(ann, 5, FULL_PROMPT, seed=1) != examples
+
+
+def test_length_grouped_batches_cover_everything_with_less_padding() -> None:
+    rng = random.Random(0)
+    lengths = [rng.randint(20, 200) for _ in range(1000)]
+    sampler = LengthGroupedBatches(lengths, batch_size=8, seed=3)
+    batches = list(sampler)
+    assert sorted(i for batch in batches for i in batch) == list(range(1000))
+    assert len(batches) == len(sampler) == 125
+    assert list(sampler) == batches  # same epoch, same order
+    sampler.use_epoch(1)
+    assert list(sampler) != batches
+
+    def padding(batches: list[list[int]]) -> int:
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b)
+                   for b in batches)
+
+    order = list(range(1000))
+    rng.shuffle(order)
+    random_batches = [order[i:i + 8] for i in range(0, 1000, 8)]
+    assert padding(batches) < 0.2 * padding(random_batches)
+
+
+def test_a_short_batch_comes_last() -> None:
+    batches = list(LengthGroupedBatches(list(range(21)), batch_size=4, seed=0))
+    assert [len(b) for b in batches] == [4, 4, 4, 4, 4, 1]

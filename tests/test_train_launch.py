@@ -1,0 +1,85 @@
+"""The seed command on a demo JSONL, and a 2-process `accelerate launch` on the CPU (DDP)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_fixtures import REPO, torch_threads, write_demo_jsonl
+from transformers import AutoProcessor
+
+from src.models.llava import processor_image_size
+from src.train import finetune_llava
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def train_file(demo_coco: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("launch") / "train.jsonl"
+    write_demo_jsonl(demo_coco, path)
+    return path
+
+
+def _seed_args(demo_coco: Path, train_file: Path, out: Path, llava: Path) -> list[str]:
+    """The seed's command line; the rest comes from the repo's params.yaml."""
+    return ["--train-file", str(train_file),
+            "--val-ann", str(demo_coco / "annotations" / "captions_val2017.json"),
+            "--val-images", str(demo_coco / "val2017"), "--output-dir", str(out / "lora"),
+            "--model-id", str(llava), "--epochs", "1", "--bsz", "4", "--grad-accum", "2",
+            "--lr", "1e-3", "--max-steps", "3", "--metrics", str(out / "train.json"),
+            "--params", str(REPO / "params.yaml"), "--num-workers", "0"]
+
+
+def test_seed_command_trains_at_an_interpolated_image_size(tiny_models, demo_coco: Path,
+                                                           train_file: Path,
+                                                           tmp_path: Path) -> None:
+    """--image-size 48 on the 32-px tiny tower; --image-root defaults to the COCO root."""
+    finetune_llava.main([*_seed_args(demo_coco, train_file, tmp_path, tiny_models["llava"]),
+                         "--image-size", "48", "--load-in-4bit"])
+    metrics = json.loads((tmp_path / "train.json").read_text())
+    assert metrics["steps"] == 3 and metrics["samples_trained"] == 24
+    assert metrics["val_loss"] < metrics["val_loss_initial"]
+    processor = AutoProcessor.from_pretrained(tmp_path / "lora")
+    assert processor_image_size(processor) == 48
+    config = json.loads((tmp_path / "lora" / "train_config.json").read_text())
+    assert config["image_size"] == 48 and config["load_in_4bit"] and config["lr"] == 1e-3
+    assert (tmp_path / "lora-checkpoints" / "step-00000003").is_dir()
+
+
+def test_two_processes_train_like_one(tiny_models, demo_coco: Path, train_file: Path,
+                                      tmp_path: Path) -> None:
+    """split_batches: 2 processes x bsz 2 see the batches of 1 process x bsz 4."""
+    common = [*_seed_args(demo_coco, train_file, tmp_path / "one", tiny_models["llava"]),
+              "--image-size", "32", "--lora-dropout", "0"]
+    finetune_llava.main(common)
+    two = [arg.replace(str(tmp_path / "one"), str(tmp_path / "two")) for arg in common]
+    two[two.index("--bsz") + 1] = "2"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                    "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                    "--dynamo_backend", "no", "-m", "src.train.finetune_llava", *two],
+                   cwd=REPO, env=env, check=True, timeout=300)
+
+    one_metrics = json.loads((tmp_path / "one" / "train.json").read_text())
+    two_metrics = json.loads((tmp_path / "two" / "train.json").read_text())
+    assert two_metrics["processes"] == 2
+    assert two_metrics["samples_trained"] == one_metrics["samples_trained"] == 24
+    assert two_metrics["val_loss"] == pytest.approx(one_metrics["val_loss"], rel=1e-4)
+    a = load_file(tmp_path / "one" / "lora" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "two" / "lora" / "adapter_model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)

@@ -1,0 +1,149 @@
+"""The recipe on the tiny LLaVA: outputs, image skips, resume after a kill, stale checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from train_fixtures import demo_paths, tiny_config, torch_threads, write_demo_jsonl
+from transformers import AutoProcessor
+
+from src.data.jsonl import Example, JsonlError, read_examples, write_examples
+from src.models.llava import load_llava, processor_image_size
+from src.train import loop
+from src.train.recipe import finetune
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    with torch_threads(1):
+        yield
+
+
+
+class Killed(Exception):
+    """Stands for SIGKILL in the middle of a step."""
+
+
+@pytest.fixture(scope="module")
+def train_file(demo_coco: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("train") / "train.jsonl"
+    write_demo_jsonl(demo_coco, path)
+    return path
+
+
+def _adapter(out_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(out_dir / "lora" / "adapter_model.safetensors")
+
+
+def _steps(live_dir: Path, name: str) -> list[int]:
+    with open(live_dir / "plots" / "metrics" / f"{name}.tsv", newline="") as handle:
+        return [int(row["step"]) for row in csv.DictReader(handle, delimiter="\t")]
+
+
+def test_outputs_and_counted_image_skips(tiny_models, demo_coco: Path, train_file: Path,
+                                         tmp_path: Path) -> None:
+    """bsz 1: a batch whose only image is unreadable must not stall or crash the run."""
+    examples, _ = read_examples(train_file)
+    image_root = tmp_path / "images"  # the demo images plus a corrupt one
+    image_root.mkdir()
+    (image_root / "train2017").symlink_to(demo_coco / "train2017")
+    (image_root / "broken.jpg").write_bytes(b"not a jpeg")
+    broken = [Example(f"b{i}", "broken.jpg", "full", None, examples[0].prompt, "a red circle.")
+              for i in range(2)]
+    small = tmp_path / "small.jsonl"
+    write_examples(small, [*examples[:4], *broken])
+    with open(small, "a") as handle:
+        handle.write('{"id": "bad", "image": "x.jpg"}\n')  # line 7: no kind, prompt, caption
+    config = tiny_config(tiny_models["llava"], bsz=1, grad_accum=2, max_steps=0,
+                         train_projector=True)
+    paths = dataclasses.replace(demo_paths(demo_coco, small, tmp_path), image_root=image_root)
+    with pytest.raises(JsonlError, match=rf"{small}:7: field 'kind'"):
+        finetune(config, paths, show_progress=False)
+    metrics = finetune(dataclasses.replace(config, skip_malformed=True), paths,
+                       show_progress=False)
+
+    assert metrics["malformed_lines"] == 1
+    assert metrics["steps"] == 3 and metrics["samples_trained"] == 4
+    assert metrics["skipped"] == {"not_an_image": 2} and metrics["skipped_images"] == 2
+    assert json.loads((tmp_path / "train.json").read_text()) == metrics
+    lora_dir = tmp_path / "lora"
+    assert {"adapter_model.safetensors", "adapter_config.json", "processor_config.json",
+            "tokenizer.json", "train_config.json", "README.md"} <= {
+        p.name for p in lora_dir.iterdir()}
+    assert f"{metrics['val_loss']:.4f}" in (lora_dir / "README.md").read_text()
+    assert json.loads((lora_dir / "train_config.json").read_text())["skip_malformed"]
+    adapter_config = json.loads((lora_dir / "adapter_config.json").read_text())
+    assert adapter_config["modules_to_save"] == ["multi_modal_projector"]
+    # What evaluation does: processor (and image size) from the adapter dir, then the adapter.
+    processor = AutoProcessor.from_pretrained(lora_dir)
+    base = load_llava(str(tiny_models["llava"]), processor_image_size(processor),
+                      dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, lora_dir)
+    saved = _adapter(tmp_path)
+    loaded = dict(model.named_parameters())
+    assert all(torch.equal(loaded[name.replace(".weight", ".default.weight")], tensor)
+               for name, tensor in saved.items() if "lora_" in name)
+    assert _steps(tmp_path / "live", "val_loss") == [0, 3]
+    assert _steps(tmp_path / "live", "loss") == [1, 2, 3]
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny_models, demo_coco: Path,
+                                                         train_file: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tiny_config(tiny_models["llava"], lora_dropout=0.1)  # dropout: RNG must resume too
+    whole = finetune(config, demo_paths(demo_coco, train_file, tmp_path / "whole"),
+                     show_progress=False)
+
+    original = loop.Trainer._micro_step
+    calls = []
+
+    def killed_in_step_4(self, batch, window):
+        calls.append(1)
+        if len(calls) == 7:  # micro-batch 7 of 2 per step: after checkpoint 2, before 4
+            raise Killed
+        return original(self, batch, window)
+
+    paths = demo_paths(demo_coco, train_file, tmp_path / "resumed")
+    monkeypatch.setattr(loop.Trainer, "_micro_step", killed_in_step_4)
+    with pytest.raises(Killed):
+        finetune(config, paths, show_progress=False)
+    monkeypatch.setattr(loop.Trainer, "_micro_step", original)
+    assert sorted(p.name for p in paths.checkpoint_dir.iterdir()) == ["step-00000002"]
+    assert not paths.output_dir.exists()
+    resumed = finetune(config, paths, show_progress=False)
+
+    assert resumed["resumed_from_step"] == 2 and resumed["steps"] == whole["steps"] == 6
+    a, b = _adapter(tmp_path / "whole"), _adapter(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+    assert resumed["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-5)
+    assert resumed["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+    assert _steps(paths.live_dir, "loss") == [1, 2, 3, 4, 5, 6]  # no doubled steps
+    assert _steps(paths.live_dir, "val_loss") == [0, 3, 6]
+
+
+def test_checkpoints_of_another_config_are_not_resumed(tiny_models, demo_coco: Path,
+                                                       train_file: Path, tmp_path: Path) -> None:
+    paths = demo_paths(demo_coco, train_file, tmp_path)
+    config = tiny_config(tiny_models["llava"], max_steps=2)
+    first = finetune(config, paths, show_progress=False)
+    adapter = _adapter(tmp_path)
+    again = finetune(config, paths, show_progress=False)  # resumes at the end: trains nothing
+    assert again["resumed_from_step"] == 2 and again["steps"] == 2
+    assert again["samples_trained"] == first["samples_trained"] == 16
+    assert again["val_loss"] == first["val_loss"] and again["loss"] == first["loss"]
+    assert all(torch.equal(tensor, _adapter(tmp_path)[name]) for name, tensor in adapter.items())
+    changed = finetune(tiny_config(tiny_models["llava"], max_steps=2, lr=5e-4), paths,
+                       show_progress=False)
+    assert changed["resumed_from_step"] == 0
+    states = [json.loads(p.read_text()) for p in paths.checkpoint_dir.glob("*/trainer_state.json")]
+    assert len({state["fingerprint"] for state in states}) == 1
