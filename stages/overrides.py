@@ -15,8 +15,11 @@ def override_args(path: Path) -> list[str]:
     overrides = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     args = []
     for key, value in overrides.items():
-        text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
-        text = text.removesuffix("\n...").removesuffix("...").strip()
+        if isinstance(value, str):  # quoted: Hydra's override grammar reserves ()[]{}|*,= ...
+            text = "'" + value.replace("'", "\\'") + "'"
+        else:
+            text = yaml.safe_dump(value, default_flow_style=True, width=10**6)
+            text = text.removesuffix("...\n").strip()
         args += ["-S", f"{key}={text}"]
     return args
 
