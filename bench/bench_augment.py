@@ -27,14 +27,19 @@ import pandas as pd
 import torch
 from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-from src.augment.detect import detection_loader, forward, image_batches, plan_queries
+from src.augment.detect import (
+    autocast_dtype,
+    detection_loader,
+    forward,
+    image_batches,
+    plan_queries,
+)
 from src.augment.layout import find_image_dir
 from src.augment.regions import crop_batches, crop_loader, drop_small_boxes, score_regions
 from src.augment.shards import detect_shards, merge_shards, shard_manifest, split_shards
 from src.models.clip import load_clip, paired_cosine_pixels
 from src.models.hub import load_pretrained
 from src.models.tiny import build_real_models, build_tiny_models
-from stages.detect import autocast_dtype
 
 MODELS = ("grounding-dino", "clip")
 

@@ -31,8 +31,7 @@ from src.data.demo import write_demo
 from src.data.jsonl import write_examples
 from src.models.tiny import build_real_models, build_tiny_models
 from src.train.data import validation_examples
-from src.train.recipe import FinetunePaths, finetune
-from stages.train import load_config
+from src.train.recipe import FinetunePaths, finetune, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from src.data.demo import write_demo
 from src.models.tiny import build_tiny_models
-from stages.params import load_params
+from src.params import load_params
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,7 +18,7 @@ import torch
 
 from src.eval.generate import CaptionSettings
 from src.eval.run import EvalConfig, EvalOutputs, evaluate, process_state, summary, write_outputs
-from stages.params import load_params
+from src.params import load_params
 
 logger = logging.getLogger(__name__)
 DISABLED = {"baseline": "disabled"}  # what `dvc metrics show` lists for a skipped baseline

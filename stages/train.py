@@ -11,17 +11,9 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from src.train.recipe import FinetuneConfig, FinetunePaths, finetune
-from stages.params import load_params
+from src.train.recipe import FinetunePaths, finetune, load_config
 
 logger = logging.getLogger(__name__)
-
-
-def load_config(params_path: Path) -> FinetuneConfig:
-    """params.yaml's `train` section plus model_id, seed and the full-image prompt."""
-    params = load_params(params_path)
-    return FinetuneConfig(**dataclasses.asdict(params.train), model_id=params.model_id,
-                          seed=params.seed, val_prompt=params.assemble.full_prompt)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.params import flat_keys, load_params
+from src.params import flat_keys, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 

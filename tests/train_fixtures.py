@@ -11,8 +11,7 @@ from pathlib import Path
 import torch
 
 from src.data.jsonl import Example, write_examples
-from src.train.recipe import FinetuneConfig, FinetunePaths
-from stages.train import load_config
+from src.train.recipe import FinetuneConfig, FinetunePaths, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 FULL_PROMPT = "Provide a one-sentence caption for the provided image."

@@ -4,24 +4,28 @@
         --out data/processed/train.jsonl --max-images 500 --box-threshold 0.3 \
         --text-threshold 0.25 --clip-threshold 0.26 --device cuda
 
-It runs the DVC stages' own entry points in order (phrases, detect, clip_score,
-assemble) on a work folder beside --out, so it cannot drift from `dvc repro`.
+It runs the DVC stages' own steps in order (`src.augment.steps`: phrases, detect,
+clip_score, assemble) on a work folder beside --out, so it cannot drift from `dvc repro`.
 Knobs not given here come from --params (params.yaml). Writes FILE.jsonl,
-FILE.stats.json (the metrics of metrics/augment.json) and FILE_work/ (tables,
-resumable detection shards, the gallery and the threshold sweep).
+FILE.stats.json (the metrics of metrics/augment.json) and FILE_work/ (the params used,
+tables, resumable detection shards, the gallery and the threshold sweep).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 from pathlib import Path
 
 import yaml
 
+from src.augment.steps.assemble import run_assemble
+from src.augment.steps.clip_score import run_clip_score
+from src.augment.steps.detect import run_detect
+from src.augment.steps.phrases import run_phrases
 from src.data.atomic import atomic_write_text
-from stages import assemble, clip_score, detect, phrases
-from stages.params import Params, load_params
+from src.params import Params, load_params
 
 
 def overridden(params: Params, args: argparse.Namespace) -> Params:
@@ -52,27 +56,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, help="images per GroundingDINO forward")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     params = overridden(load_params(args.params), args)
     work = args.out.parent / f"{args.out.stem}_work"
-    params_path = work / "params.yaml"
-    atomic_write_text(params_path, yaml.safe_dump(dataclasses.asdict(params), sort_keys=False))
-    common = ["--params", str(params_path)]
-    root = ["--coco-root", str(args.coco_root)]
+    atomic_write_text(work / "params.yaml",
+                      yaml.safe_dump(dataclasses.asdict(params), sort_keys=False))
 
-    phrases.main(["--captions", str(args.coco_root / "annotations" /
-                                    f"captions_{args.split}2017.json"),
-                  "--captions-out", str(work / "captions.parquet"),
-                  "--phrases-out", str(work / "phrases.parquet"), *common])
-    detect.main(["--phrases", str(work / "phrases.parquet"), *root,
-                 "--shards-dir", str(work / "detect_shards"),
-                 "--out", str(work / "detections.parquet"), "--device", args.device, *common])
-    clip_score.main(["--detections", str(work / "detections.parquet"), *root,
-                     "--out", str(work / "regions.parquet"), "--device", args.device, *common])
-    assemble.main(["--captions", str(work / "captions.parquet"),
-                   "--regions", str(work / "regions.parquet"), *root, "--out", str(args.out),
-                   "--metrics", str(args.out.with_suffix(".stats.json")),
-                   "--plots-dir", str(work / "plots"), *common])
+    run_phrases(params, args.coco_root / "annotations" / f"captions_{args.split}2017.json",
+                work / "captions.parquet", work / "phrases.parquet")
+    run_detect(params, work / "phrases.parquet", args.coco_root, work / "detect_shards",
+               work / "detections.parquet", args.device)
+    run_clip_score(params, work / "detections.parquet", args.coco_root,
+                   work / "regions.parquet", args.device)
+    run_assemble(params, work / "captions.parquet", work / "regions.parquet", args.coco_root,
+                 args.out, args.out.with_suffix(".stats.json"), work / "plots")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import torch
 
 from src.eval.generate import CaptionSettings
 from src.eval.run import SCORE_KEYS, EvalConfig, EvalOutputs, evaluate, process_state, summary
-from stages.params import load_params
+from src.params import load_params
 
 LABELS = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
           "meteor": "METEOR", "rougeL": "ROUGE-L", "cider": "CIDEr", "clipscore": "CLIPScore",

@@ -18,8 +18,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from src.train.recipe import FinetunePaths, finetune
-from stages.train import load_config
+from src.train.recipe import FinetunePaths, finetune, load_config
 
 logger = logging.getLogger(__name__)
 

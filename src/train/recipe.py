@@ -28,6 +28,7 @@ from transformers import ProcessorMixin, get_cosine_schedule_with_warmup
 from src.data.atomic import atomic_write_json
 from src.data.jsonl import read_examples
 from src.models.llava import IGNORE_INDEX, image_token_count, load_llava, load_processor
+from src.params import load_params
 from src.train.checkpoint import (
     TrainerState,
     fingerprint,
@@ -81,6 +82,13 @@ class FinetuneConfig:
     skip_malformed: bool = False  # count and skip malformed JSONL lines instead of failing
     drop_bad_masks: bool = False  # count and drop examples whose mask check fails
     num_workers: int = 2  # DataLoader workers decoding images
+
+
+def load_config(params_path: Path) -> FinetuneConfig:
+    """params.yaml's `train` section plus model_id, seed and the full-image prompt."""
+    params = load_params(params_path)
+    return FinetuneConfig(**asdict(params.train), model_id=params.model_id,
+                          seed=params.seed, val_prompt=params.assemble.full_prompt)
 
 
 @dataclass(frozen=True)
