@@ -28,7 +28,7 @@ from transformers import ProcessorMixin, get_cosine_schedule_with_warmup
 from src.data.atomic import atomic_write_json
 from src.data.jsonl import read_examples
 from src.models.llava import IGNORE_INDEX, image_token_count, load_llava, load_processor
-from src.params import load_params
+from src.params import TrainParams, load_params
 from src.train.checkpoint import (
     TrainerState,
     fingerprint,
@@ -52,33 +52,12 @@ IMAGE_ROOT_PROBE = 100  # examples whose images must not all be missing at start
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
-    """Every knob (params.yaml `train` + model_id, seed, the validation prompt)."""
+class FinetuneConfig(TrainParams):
+    """params.yaml's `train` knobs plus what training needs from the rest of the file."""
 
     model_id: str
     seed: int
-    val_prompt: str
-    epochs: int
-    max_steps: int
-    bsz: int
-    grad_accum: int
-    lr: float
-    weight_decay: float
-    warmup_ratio: float
-    max_grad_norm: float
-    image_size: int
-    load_in_4bit: bool
-    gradient_checkpointing: bool
-    lora_r: int
-    lora_alpha: int
-    lora_dropout: float
-    lora_target: str
-    train_projector: bool
-    max_length: int
-    val_examples: int
-    eval_every: int
-    save_every: int
-    log_every: int
+    val_prompt: str  # the full-image prompt, for the validation captions
     skip_malformed: bool = False  # count and skip malformed JSONL lines instead of failing
     drop_bad_masks: bool = False  # count and drop examples whose mask check fails
     num_workers: int = 2  # DataLoader workers decoding images
