@@ -159,8 +159,8 @@ def test_fetch_archive_extracts_once(server: FileServer, tmp_path: Path) -> None
     assert (tmp_path / "val2017" / "000000000139.jpg").read_bytes() == b"not really a jpeg"
     assert (tmp_path / "val2017" / "000000000285.jpg").read_bytes() == b"nor this"
     assert (tmp_path / ".val2017.zip.extracted").exists()
+    assert not (tmp_path / "val2017.zip").exists()  # deleted once extracted
 
-    (tmp_path / "val2017.zip").unlink()  # an extracted archive may be deleted to save space
     (tmp_path / "val2017" / "000000000285.jpg").unlink()
     fetch_archive(archive, tmp_path, server.url)
     assert server.ranges == [None]  # nothing downloaded again
@@ -172,7 +172,8 @@ def test_main_downloads_the_requested_archives(
 ) -> None:
     archive = _serve(server, "annotations/annotations_trainval2017.zip", _small_zip())
     monkeypatch.setattr(dl, "ARCHIVES", {"annotations": archive, "val2017": archive})
-    dl.main(["--out", str(tmp_path), "--what", "annotations", "--base-url", server.url])
+    dl.main(["--out", str(tmp_path), "--what", "annotations", "--base-url", server.url,
+             "--keep-archives"])
     assert (tmp_path / "val2017" / "000000000139.jpg").exists()
     assert (tmp_path / "annotations_trainval2017.zip").exists()
 

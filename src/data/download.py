@@ -4,7 +4,8 @@
 
 Each archive streams into `<out>/<name>.part` (an interrupted run resumes it with an HTTP
 Range request), is checked against its published size and MD5, renamed to `<out>/<name>`
-only then, and extracted into `<out>`; a marker file makes a finished extraction a no-op.
+and extracted into `<out>`; a marker file makes a finished extraction a no-op, and the zip
+is then deleted (`--keep-archives` keeps it).
 Standard library + tqdm only, so it runs before anything else is installed.
 """
 
@@ -156,8 +157,13 @@ def extract(zip_path: Path, out_dir: Path) -> None:
     logger.info("extracted %d members of %s into %s", len(members), zip_path.name, out_dir)
 
 
-def fetch_archive(archive: Archive, out_dir: Path, base_url: str = COCO_BASE_URL) -> None:
-    """Download (or resume) and extract one archive; a no-op once it has been extracted."""
+def fetch_archive(archive: Archive, out_dir: Path, base_url: str = COCO_BASE_URL,
+                  keep_archive: bool = False) -> None:
+    """Download (or resume) and extract one archive; a no-op once it has been extracted.
+
+    The zip is deleted after extraction unless `keep_archive` (train2017's is 19 GB, and
+    the extraction marker alone already stops a re-download).
+    """
     zip_path = out_dir / archive.file_name
     if _extracted_marker(zip_path.name, out_dir).exists():  # the archive may be deleted by now
         logger.info("%s already extracted into %s", zip_path.name, out_dir)
@@ -169,6 +175,8 @@ def fetch_archive(archive: Archive, out_dir: Path, base_url: str = COCO_BASE_URL
         md5=archive.md5,
     )
     extract(zip_path, out_dir)
+    if not keep_archive:
+        zip_path.unlink()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -182,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--base-url", default=COCO_BASE_URL, help="mirror of images.cocodataset.org"
     )
+    parser.add_argument("--keep-archives", action="store_true",
+                        help="keep the zips after extraction (default: delete them)")
     args = parser.parse_args(argv)
     names = [name.strip() for name in args.what.split(",") if name.strip()]
     unknown = sorted(set(names) - ARCHIVES.keys())
@@ -190,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for name in names:
-        fetch_archive(ARCHIVES[name], args.out, args.base_url)
+        fetch_archive(ARCHIVES[name], args.out, args.base_url, args.keep_archives)
     logger.info("COCO 2017 %s ready in %s", ", ".join(names), args.out)
 
 
