@@ -4,8 +4,8 @@
 
 Each archive streams into `<out>/<name>.part` (an interrupted run resumes it with an HTTP
 Range request), is checked against its published size and MD5, renamed to `<out>/<name>`
-and extracted into `<out>`; a marker file makes a finished extraction a no-op, and the zip
-is then deleted (`--keep-archives` keeps it).
+only then, and extracted into `<out>`; a marker file makes a finished extraction a no-op,
+and the zip is then deleted (`--keep-archives` keeps it).
 Standard library + tqdm only, so it runs before anything else is installed.
 """
 
