@@ -60,6 +60,7 @@ class TrainParams:
     warmup_ratio: float
     max_grad_norm: float
     image_size: int
+    pad_to_square: bool
     load_in_4bit: bool
     gradient_checkpointing: bool
     lora_r: int

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 from train_fixtures import torch_threads
+from transformers import AutoProcessor
 
 from src.models.llava import (
     format_answer,
@@ -130,3 +131,21 @@ def test_a_clear_error_where_bitsandbytes_cannot_quantise(llava_dir: str,
     monkeypatch.setattr(bitsandbytes.functional, "quantize_4bit", no_backend)
     with pytest.raises(RuntimeError, match=r"cannot quantise to 4 bit.*load_in_4bit=false"):
         load_llava(llava_dir, 32, dtype=torch.bfloat16, load_in_4bit=True, device_map="cpu")
+
+
+def test_pad_to_square_keeps_the_edges_and_survives_saving(llava_dir: str,
+                                                           tmp_path: Path) -> None:
+    """A 2:1 image with a red left edge: centre-cropping cuts the red away, padding keeps it
+    and fills the new rows with the mean colour (0 after normalisation)."""
+    image = Image.new("RGB", (64, 32), (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, 8, 32))
+    cropped = load_processor(llava_dir, 32)(images=image, text="<image>")["pixel_values"][0]
+    padded_processor = load_processor(llava_dir, 32, pad_to_square=True)
+    padded = padded_processor(images=image, text="<image>")["pixel_values"][0]
+    assert cropped.shape == padded.shape == (3, 32, 32)
+    assert cropped[0, 16, 0] < 0 < padded[0, 16, 0]  # red channel of the left edge
+    assert float(abs(padded[:, 0, :]).max()) < 0.02  # top padding row: the mean colour
+    padded_processor.save_pretrained(tmp_path)
+    reloaded = AutoProcessor.from_pretrained(tmp_path)
+    assert processor_image_size(reloaded) == 32
+    assert (reloaded(images=image, text="<image>")["pixel_values"][0] == padded).all()

@@ -21,6 +21,7 @@ from transformers import (
     ProcessorMixin,
 )
 from transformers.image_utils import SizeDict
+from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
 from src.models.hub import load_pretrained
 
@@ -28,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label of every token without loss (the USER turn, image tokens, padding)
 # Kept in full precision under QLoRA: by module-name prefix (a bare substring skips nothing).
+# What carries over when the checkpoint's CLIP image processor becomes LLaVA's padding one.
+PADDED_PROCESSOR_KEYS = ("size", "crop_size", "resample", "image_mean", "image_std",
+                         "do_resize", "do_center_crop", "do_rescale", "rescale_factor",
+                         "do_normalize", "do_convert_rgb")
 NOT_QUANTIZED = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
 
 
@@ -41,11 +46,14 @@ def format_answer(caption: str) -> str:
     return f" {caption}"
 
 
-def load_processor(id_or_dir: str, image_size: int) -> ProcessorMixin:
+def load_processor(id_or_dir: str, image_size: int, pad_to_square: bool = False) -> ProcessorMixin:
     """The checkpoint's processor, resizing and centre-cropping images to `image_size`.
 
-    The processor expands `<image>` into one token per patch of the pixels it produces,
-    so the token count follows `image_size` (see `image_token_count`).
+    With `pad_to_square` images are first padded to a square with the mean colour, as
+    LLaVA-1.5 was trained (its `expand2square`), so the crop cuts nothing away. The setting
+    is saved with the processor, so evaluation of an adapter repeats it. The processor
+    expands `<image>` into one token per patch of the pixels it produces, so the token
+    count follows `image_size` (see `image_token_count`).
     """
     processor = load_pretrained(AutoProcessor.from_pretrained, id_or_dir)
     patch_size = processor.patch_size
@@ -56,6 +64,10 @@ def load_processor(id_or_dir: str, image_size: int) -> ProcessorMixin:
         )
     processor.image_processor.size = SizeDict(shortest_edge=image_size)
     processor.image_processor.crop_size = SizeDict(height=image_size, width=image_size)
+    if pad_to_square:
+        settings = {key: value for key, value in processor.image_processor.to_dict().items()
+                    if key in PADDED_PROCESSOR_KEYS}
+        processor.image_processor = LlavaImageProcessorPil(**settings, do_pad=True)
     return processor
 
 

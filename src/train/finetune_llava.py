@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                             ("skip-malformed", "count and skip malformed JSONL lines"),
                             ("drop-bad-masks", "count and drop examples failing the mask check")):
         parser.add_argument(f"--{name}", action="store_true", default=None, help=help_text)
+    parser.add_argument("--pad-to-square", action=argparse.BooleanOptionalAction, default=None,
+                        help="pad images to a square before resizing, as LLaVA-1.5 trained")
     parser.add_argument("--num-workers", type=int, default=2, help="image-decoding workers")
     return parser.parse_args(argv)
 
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file
     given = {name: getattr(args, name) for name in
              (*OVERRIDES, "load_in_4bit", "train_projector", "skip_malformed", "drop_bad_masks",
-              "num_workers")}
+              "pad_to_square", "num_workers")}
     config = dataclasses.replace(load_config(args.params),
                                  **{k: v for k, v in given.items() if v is not None})
     paths = FinetunePaths(

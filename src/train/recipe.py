@@ -211,7 +211,7 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
                                    if k not in EXECUTION_KNOBS}, paths.train_file)
 
     # Data first: its size sets the schedule. Then model, optimizer, schedule.
-    processor = load_processor(config.model_id, config.image_size)
+    processor = load_processor(config.model_id, config.image_size, config.pad_to_square)
     data = _setup_data(config, paths, processor, accelerator.num_processes)
     model = _setup_model(config, accelerator.device)
     counts = parameter_counts(model)
