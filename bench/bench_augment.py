@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import torch
 from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
+from bench.timing import seconds
 from src.augment.detect import (
     autocast_dtype,
     detection_loader,
@@ -42,16 +41,6 @@ from src.models.hub import load_pretrained
 from src.models.tiny import build_real_models, build_tiny_models
 
 MODELS = ("grounding-dino", "clip")
-
-
-def timed(run: Callable[[], object], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    run()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def models(size: str, cache_dir: Path) -> dict[str, Path]:
@@ -83,7 +72,7 @@ def bench_detect(model_dir: Path, plan_images: list, image_dir: Path, device: to
         forward(model, prepared[0], dtype)  # warm-up: kernels, allocator, autotuning
 
     shards_dir = work / f"shards-{batch_size}"
-    loop_s = timed(lambda: detect_shards(
+    loop_s = seconds(lambda: detect_shards(
         model, processor, plan_images, shards, range(len(shards)), manifests, shards_dir,
         image_dir, floor_score=floor, batch_size=batch_size, num_workers=num_workers,
         max_text_len=max_text_len, autocast_dtype=dtype), device)
@@ -93,7 +82,7 @@ def bench_detect(model_dir: Path, plan_images: list, image_dir: Path, device: to
             for batch in prepared:
                 forward(model, batch, dtype)
 
-    forward_s = timed(forwards, device)
+    forward_s = seconds(forwards, device)
     frame, _ = merge_shards(shards_dir, manifests)
     return {"stage": "detect", "batch": batch_size, "items": len(plan_images),
             "unit": "images", "loop_s": loop_s, "forward_s": forward_s,
@@ -108,7 +97,7 @@ def bench_clip(model_dir: Path, regions: pd.DataFrame, image_dir: Path, device: 
                                  on_skip=lambda skip, rows: None))
     captions = regions["caption"].tolist()
     paired_cosine_pixels(model, processor, prepared[0][1], [captions[i] for i in prepared[0][0]])
-    loop_s = timed(lambda: score_regions(model, processor, regions, image_dir, pad_frac=0.1,
+    loop_s = seconds(lambda: score_regions(model, processor, regions, image_dir, pad_frac=0.1,
                                          batch_size=batch_size, num_workers=num_workers,
                                          on_skip=lambda skip, rows: None), device)
 
@@ -117,7 +106,7 @@ def bench_clip(model_dir: Path, regions: pd.DataFrame, image_dir: Path, device: 
             paired_cosine_pixels(model, processor, pixels, [captions[i] for i in rows])
 
     return {"stage": "clip_score", "batch": batch_size, "items": len(regions), "unit": "crops",
-            "loop_s": loop_s, "forward_s": timed(forwards, device), "note": ""}
+            "loop_s": loop_s, "forward_s": seconds(forwards, device), "note": ""}
 
 
 def main() -> None:

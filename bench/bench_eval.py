@@ -26,27 +26,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.timing import median_seconds
 from src.data.demo import caption_words
 from src.eval.generate import CaptionSettings, build_inputs
 from src.models.tiny import build_tiny_models, real_config
 
 PROMPT = "Provide a one-sentence caption for the provided image."
 PROMPT_TEXT_TOKENS = 24  # ~ the LLaVA tokens of format_prompt(PROMPT) besides <image>
-
-
-def _time(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median wall time of `fn` over `repeats` runs, after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def _generation_rows(model: torch.nn.Module, make_inputs: Callable[[int], dict],
@@ -61,7 +47,7 @@ def _generation_rows(model: torch.nn.Module, make_inputs: Callable[[int], dict],
             with torch.inference_mode():
                 model.generate(**inputs, **kwargs)
 
-        seconds = _time(run, device, repeats)
+        seconds = median_seconds(run, device, repeats)
         rows.append({"part": label, "batch_size": batch_size,
                      "images_per_s": round(batch_size / seconds, 2),
                      "new_tokens_per_s": round(batch_size * settings.max_new_tokens / seconds, 1),
@@ -134,7 +120,7 @@ def bench_real(batch_sizes: list[int], max_new_tokens: int, repeats: int,
             clip.get_image_features(pixel_values=pixels)
             clip.get_text_features(input_ids=texts)
 
-    seconds = _time(clip_step, device, repeats)
+    seconds = median_seconds(clip_step, device, repeats)
     rows.append({"part": f"{device.type}-real clipscore vit-b/32 fp32", "batch_size": batch,
                  "images_per_s": round(batch / seconds, 1)})
     print(json.dumps(rows[-1]), flush=True)

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, GroundingDinoForObjectDetection
 
+from bench.timing import median_seconds
 from src.models.clip import embed_images, load_clip
 from src.models.hub import load_pretrained
 from src.models.llava import format_answer, format_prompt, load_llava, load_processor
@@ -39,21 +40,6 @@ def _images(count: int, size: tuple[int, int]) -> list[Image.Image]:
     generator = torch.Generator().manual_seed(count)
     return [Image.fromarray(torch.randint(0, 255, (size[1], size[0], 3), generator=generator,
                                           dtype=torch.uint8).numpy()) for _ in range(count)]
-
-
-def _timed(step: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median seconds per call after one warm-up call."""
-    step()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def _peak_gib(device: torch.device) -> float | None:
@@ -78,7 +64,7 @@ def bench_detector(model_dir: Path, device: torch.device, dtype: torch.dtype,
                            padding=True, return_tensors="pt").to(device)
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
         with torch.inference_mode():
-            seconds = _timed(lambda inputs=inputs: model(**inputs), device, repeats)
+            seconds = median_seconds(lambda inputs=inputs: model(**inputs), device, repeats)
         record(model="grounding-dino", task="detect", batch=batch_size,
                items_per_s=round(batch_size / seconds, 1), unit="images/s",
                canvas=list(inputs["pixel_values"].shape[-2:]))
@@ -90,7 +76,7 @@ def bench_clip(model_dir: Path, device: torch.device, dtype: torch.dtype, batch_
     model, processor = load_clip(str(model_dir), device, dtype)
     for batch_size in batch_sizes:
         crops = _images(batch_size, (160, 120))
-        seconds = _timed(lambda crops=crops: embed_images(model, processor, crops), device,
+        seconds = median_seconds(lambda crops=crops: embed_images(model, processor, crops), device,
                          repeats)
         record(model="clip", task="embed crops (incl. preprocessing)", batch=batch_size,
                items_per_s=round(batch_size / seconds, 1), unit="crops/s")
@@ -132,7 +118,7 @@ def bench_llava_train(model_dir: Path, image_size: int, device: torch.device,
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-        seconds = _timed(step, device, repeats)
+        seconds = median_seconds(step, device, repeats)
         tokens = int(inputs["attention_mask"].sum())
         record(model="llava-1.5-7b", task=f"{'QLoRA nf4' if load_in_4bit else 'LoRA bf16'} step"
                " (grad ckpt)", batch=batch_size, items_per_s=round(tokens / seconds, 1),
@@ -151,7 +137,7 @@ def bench_llava_generate(model_dir: Path, image_size: int, device: torch.device,
         _reset_peak(device)
         inputs = _llava_batch(processor, batch_size, False, device, dtype)
         with torch.inference_mode():
-            seconds = _timed(lambda inputs=inputs: model.generate(
+            seconds = median_seconds(lambda inputs=inputs: model.generate(
                 **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False),
                 device, repeats=1)
         record(model="llava-1.5-7b", task=f"generate {new_tokens} tokens (bf16, greedy)",
