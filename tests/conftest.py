@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from train_fixtures import torch_threads
 
 from src.data.demo import write_demo
 from src.models.tiny import build_tiny_models
@@ -32,3 +34,9 @@ def coco_mini() -> Path:
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny random-weight checkpoints, built once: {"grounding-dino", "clip", "llava"} -> dir."""
     return build_tiny_models(tmp_path_factory.mktemp("tiny_models"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    with torch_threads(1):
+        yield

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from train_fixtures import FULL_PROMPT, torch_threads, write_demo_jsonl
+from train_fixtures import FULL_PROMPT, write_demo_jsonl
 
 from src.data.images import crop_box, load_rgb
 from src.data.jsonl import read_examples
@@ -16,11 +15,8 @@ from src.models.llava import IGNORE_INDEX, load_processor
 from src.train.data import CaptionDataset, Collate, encode_examples, validation_examples
 from src.train.sampler import LengthGroupedBatches
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
+# One torch thread: deterministic, and far faster than two on a busy 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 

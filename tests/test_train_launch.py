@@ -6,25 +6,19 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_fixtures import REPO, torch_threads, write_demo_jsonl
+from train_fixtures import REPO, write_demo_jsonl
 from transformers import AutoProcessor
 
 from src.models.llava import processor_image_size
 from src.train import finetune_llava
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
+# One torch thread: deterministic, and far faster than two on a busy 2-core machine.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from train_fixtures import demo_paths, tiny_config, torch_threads, write_demo_jsonl
+from train_fixtures import demo_paths, tiny_config, write_demo_jsonl
 from transformers import AutoProcessor
 
 from src.data.jsonl import Example, JsonlError, read_examples, write_examples
@@ -20,11 +19,8 @@ from src.models.llava import load_llava, processor_image_size
 from src.train import loop
 from src.train.recipe import finetune
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
+# One torch thread: deterministic, and far faster than two on a busy 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from train_fixtures import torch_threads
 
 from src.data.jsonl import Example
 from src.models.llava import IGNORE_INDEX, format_answer, format_prompt, load_processor
@@ -21,10 +19,8 @@ PROMPT_TOKENS = ["<s>", "user", ":", *["<image>"] * 16, "provide", "a", "one", "
 ANSWER_TOKENS = ["a", "red", "circle", "on", "the", "left", ".", "</s>"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
+# One torch thread: deterministic, and far faster than two on a busy 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
-from train_fixtures import torch_threads
 from transformers import AutoProcessor
 
 from src.models.llava import (
@@ -24,10 +22,8 @@ from src.train.model import LoraSettings, parameter_counts, prepare_for_training
 LM_ATTENTION = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
+# One torch thread: deterministic, and far faster than two on a busy 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _lora(train_projector: bool, target: str = LM_ATTENTION) -> LoraSettings:
