@@ -4,24 +4,23 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a fresh temp path beside `path`; rename it onto `path` only if the block succeeds.
+
+    The temp file is not pre-created: the writer creates it, with the usual umask
+    permissions (mkstemp's 0600 would make outputs private to the writer).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make outputs private to the writer
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
         yield Path(tmp)
         os.replace(tmp, path)
