@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from src.data.demo import write_demo
 from src.data.jsonl import write_examples
 from src.models.tiny import build_real_models, build_tiny_models
+from src.params import load_params
 from src.train.data import validation_examples
-from src.train.recipe import FinetunePaths, finetune, load_config
+from src.train.recipe import FinetuneConfig, FinetunePaths, finetune
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,8 +47,8 @@ def bench_row(model_dir: Path, coco: Path, train_file: Path, work: Path, *, bsz:
               gradient_checkpointing: bool) -> dict[str, object]:
     """One recipe run of 2 x `steps`; its last log window is the measured second half."""
     config = dataclasses.replace(
-        load_config(REPO / "params.yaml"), model_id=str(model_dir), image_size=image_size,
-        bsz=bsz, grad_accum=1, max_steps=2 * steps, load_in_4bit=quantized,
+        FinetuneConfig.from_params(load_params(REPO / "params.yaml")), model_id=str(model_dir),
+        image_size=image_size, bsz=bsz, grad_accum=1, max_steps=2 * steps, load_in_4bit=quantized,
         gradient_checkpointing=gradient_checkpointing, val_examples=bsz,
         eval_every=10**9, save_every=10**9, log_every=steps,
         num_workers=2)

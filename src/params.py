@@ -1,104 +1,160 @@
-"""params.yaml parsed into frozen dataclasses, so a typo or a missing key fails at start."""
+"""params.yaml parsed into frozen dataclasses and validated, so a bad value fails at start.
+
+Every field carries its constraint beside it (`_in`, `_positive`, ...), checked by
+`validate` with the dotted key, the value and the reason in the error. Entry points load
+params before importing torch, so a bad value fails in about a second, before any model
+loads. Seed commands apply their flags with `override`, which validates again.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+# A float as people write it; PyYAML reads `1e-4` (no dot) as a string, not a float.
+FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+class ParamsError(ValueError):
+    """A params value that cannot be used: names the key, the value and why."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A field's constraint: `test(value)` holds for a usable value; `reason` says what it must
+    be (and why, where that is not obvious)."""
+
+    test: Callable[[typing.Any], bool]
+    reason: str
+
+
+def _rule(test: Callable[[typing.Any], bool], reason: str) -> typing.Any:
+    return field(metadata={"rule": Rule(test, reason)})
+
+
+def _in(low: float, high: float, why: str = "") -> typing.Any:
+    return _rule(lambda v: low <= v <= high, f"must be in [{low}, {high}]{why}")
+
+
+def _positive(why: str = "") -> typing.Any:
+    return _rule(lambda v: v > 0, f"must be > 0{why}")
+
+
+def _at_least_zero(why: str = "") -> typing.Any:
+    return _rule(lambda v: v >= 0, f"must be >= 0{why}")
+
+
+def _one_of(*choices: str) -> typing.Any:
+    return _rule(lambda v: v in choices, f"must be one of {', '.join(choices)}")
+
+
+def _non_empty() -> typing.Any:
+    return _rule(lambda v: bool(v.strip()), "must not be empty")
+
+
+def _compiles(text: str) -> bool:
+    try:
+        re.compile(text)
+    except re.error:
+        return False
+    return True
+
 
 @dataclass(frozen=True)
 class DemoParams:
-    num_train: int
-    num_val: int
+    num_train: int = _positive()
+    num_val: int = _positive()
 
 
 @dataclass(frozen=True)
 class PhrasesParams:
-    spacy_model: str
-    max_phrases_per_image: int
-    max_phrase_words: int
+    spacy_model: str = _non_empty()
+    max_phrases_per_image: int = _positive()
+    max_phrase_words: int = _positive()
 
 
 @dataclass(frozen=True)
 class DetectParams:
-    floor_score: float
-    batch_size: int
-    num_workers: int
-    shard_size: int
+    floor_score: float = _in(0, 1)  # and at most box/text thresholds: see CROSS_RULES
+    batch_size: int = _positive()
+    num_workers: int = _at_least_zero(" (0 = decode in the main process)")
+    shard_size: int = _positive()
 
 
 @dataclass(frozen=True)
 class ClipScoreParams:
-    min_box_frac: float
-    crop_pad_frac: float
-    caption_template: str
-    batch_size: int
+    min_box_frac: float = _in(0, 1)
+    crop_pad_frac: float = _at_least_zero()
+    caption_template: str = _rule(lambda v: "{phrase}" in v, "must contain {phrase}")
+    batch_size: int = _positive()
 
 
 @dataclass(frozen=True)
 class AssembleParams:
-    nms_iou: float
-    full_prompt: str
-    region_prompt: str
-    region_format: str
-    max_region_ratio: float
-    gallery_images: int
+    nms_iou: float = _in(0, 1, " (1.0 disables NMS)")
+    full_prompt: str = _non_empty()
+    region_prompt: str = _non_empty()
+    region_format: str = _one_of("crop", "box")
+    max_region_ratio: float = _at_least_zero()
+    gallery_images: int = _at_least_zero()
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int
-    max_steps: int
-    bsz: int
-    grad_accum: int
-    lr: float
-    weight_decay: float
-    warmup_ratio: float
-    max_grad_norm: float
-    image_size: int
+    epochs: int = _positive()
+    max_steps: int = _at_least_zero(" (0 = train for `epochs`)")
+    bsz: int = _positive()
+    grad_accum: int = _positive()
+    lr: float = _positive()
+    weight_decay: float = _at_least_zero()
+    warmup_ratio: float = _in(0, 1)
+    max_grad_norm: float = _positive()
+    image_size: int = _positive()
     pad_to_square: bool
     load_in_4bit: bool
     gradient_checkpointing: bool
-    lora_r: int
-    lora_alpha: int
-    lora_dropout: float
-    lora_target: str
+    lora_r: int = _positive(" (the LoRA rank)")
+    lora_alpha: int = _positive()
+    lora_dropout: float = _rule(lambda v: 0 <= v < 1, "must be in [0, 1)")
+    lora_target: str = _rule(_compiles, "must be a valid regular expression (Python re)")
     train_projector: bool
-    max_length: int
-    val_examples: int
-    eval_every: int
-    save_every: int
-    log_every: int
+    max_length: int = _positive()
+    val_examples: int = _at_least_zero(" (0 = every val image)")
+    eval_every: int = _positive()
+    save_every: int = _positive()
+    log_every: int = _positive()
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    num_examples: int
-    batch_size: int
-    max_new_tokens: int
-    num_beams: int
-    prompt: str
+    num_examples: int = _at_least_zero(" (0 = every val image)")
+    batch_size: int = _positive()
+    max_new_tokens: int = _positive()
+    num_beams: int = _positive(" (1 = greedy)")
+    prompt: str = _non_empty()
     baseline: bool
     meteor: bool
-    gallery_images: int
+    gallery_images: int = _at_least_zero()
 
 
 @dataclass(frozen=True)
 class Params:
-    profile: str
-    seed: int
+    profile: str = _one_of("coco", "demo")
+    seed: int = _at_least_zero()
     demo: DemoParams
-    detector_id: str
-    clip_model_id: str
-    model_id: str
-    max_images: int
-    box_threshold: float
-    text_threshold: float
-    clip_threshold: float
+    detector_id: str = _non_empty()
+    clip_model_id: str = _non_empty()
+    model_id: str = _non_empty()
+    max_images: int = _at_least_zero(" (0 = all)")
+    box_threshold: float = _in(0, 1)
+    text_threshold: float = _in(0, 1)
+    clip_threshold: float = _in(-1, 1, " (a cosine similarity)")
     phrases: PhrasesParams
     detect: DetectParams
     clip_score: ClipScoreParams
@@ -107,46 +163,131 @@ class Params:
     evaluate: EvaluateParams
 
 
-def _build(cls: type, raw: object, where: str) -> object:
+def _floor_below_thresholds(params: Params) -> str | None:
+    floor = params.detect.floor_score
+    if floor <= min(params.box_threshold, params.text_threshold):
+        return None
+    return (f"must not exceed box_threshold ({params.box_threshold}) or text_threshold "
+            f"({params.text_threshold}): the detect stage caches only candidates scoring at "
+            "least the floor, so a threshold under it would silently return fewer boxes than "
+            "re-running the detector would")
+
+
+# Constraints between fields: (the key named in the error, a check returning the reason).
+CROSS_RULES: tuple[tuple[str, Callable[[Params], str | None]], ...] = (
+    ("detect.floor_score", _floor_below_thresholds),
+)
+
+
+def _lookup(params: object, key: str) -> object:
+    for name in key.split("."):
+        params = getattr(params, name)
+    return params
+
+
+def _error(source: str, key: str, value: object, reason: str) -> ParamsError:
+    return ParamsError(f"{source}: {key}={value!r}: {reason}")
+
+
+def _convert(hint: type, value: object, source: str, key: str) -> object:
+    """`value` as the field's type: ints for floats and float text (`1e-4`) are accepted."""
+    if hint is float and isinstance(value, str) and FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise _error(source, key, value, f"expected {hint.__name__}")
+    return value
+
+
+def _build(cls: type, raw: object, source: str, prefix: str = "") -> object:
+    where = prefix.rstrip(".") or "top level"
     if not isinstance(raw, dict):
-        raise ValueError(f"{where}: expected a mapping, got {raw!r}")
+        raise ParamsError(f"{source}: {where}: expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    missing = sorted(names - set(raw))
+    unknown = sorted(set(raw) - set(hints))
+    missing = sorted(set(hints) - set(raw))
     if unknown or missing:
-        raise ValueError(f"{where}: unknown keys {unknown}, missing keys {missing}")
+        raise ParamsError(f"{source}: {where}: unknown keys {unknown}, missing keys {missing}")
     values = {}
     for name, hint in hints.items():
-        value = raw[name]
-        key = f"{where}.{name}"
         if dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, value, key)
-        elif hint is float and isinstance(value, int) and not isinstance(value, bool):
-            values[name] = float(value)
-        elif not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-            raise ValueError(f"{key}: expected {hint.__name__}, got {value!r}")
+            values[name] = _build(hint, raw[name], source, f"{prefix}{name}.")
         else:
-            values[name] = value
+            values[name] = _convert(hint, raw[name], source, f"{prefix}{name}")
     return cls(**values)
 
 
+def _field_errors(node: object, source: str, prefix: str = "") -> list[ParamsError]:
+    errors = []
+    for spec in dataclasses.fields(node):
+        value = getattr(node, spec.name)
+        if dataclasses.is_dataclass(value):
+            errors += _field_errors(value, source, f"{prefix}{spec.name}.")
+        elif "rule" in spec.metadata and not spec.metadata["rule"].test(value):
+            errors.append(_error(source, f"{prefix}{spec.name}", value,
+                                 spec.metadata["rule"].reason))
+    return errors
+
+
+def validate(params: Params, source: str) -> Params:
+    """`params` unchanged, or a ParamsError listing every bad value (`source` names where the
+    values came from: the file, or the command line)."""
+    errors = _field_errors(params, source)
+    if not errors:  # cross-field reasons quote fields that must be valid themselves
+        for key, check in CROSS_RULES:
+            reason = check(params)
+            if reason is not None:
+                errors.append(_error(source, key, _lookup(params, key), reason))
+    if errors:
+        raise ParamsError("\n".join(str(error) for error in errors))
+    return params
+
+
 def load_params(path: Path = Path("params.yaml")) -> Params:
+    """params.yaml, type-checked and validated."""
     with open(path, encoding="utf-8") as handle:
         raw = yaml.safe_load(handle)
-    params = _build(Params, raw, str(path))
-    if params.profile not in ("coco", "demo"):
-        raise ValueError(f"{path}: profile must be 'coco' or 'demo', got {params.profile!r}")
-    return params
+    return validate(_build(Params, raw, str(path)), str(path))
+
+
+def param_type(key: str) -> type:
+    """The type of a dotted key's value, e.g. float for "train.lr" (for argparse)."""
+    cls: type = Params
+    for name in key.split("."):
+        cls = typing.get_type_hints(cls)[name]
+    return cls
+
+
+def override(params: Params, values: Mapping[str, object],
+             source: str = "command line") -> Params:
+    """`params` with each dotted key's value in place (None = not given), validated again.
+
+    The one way seed commands put their flags over params.yaml, e.g.
+    `override(params, {"box_threshold": args.box_threshold, "detect.batch_size": 8})`.
+    """
+    for key, value in values.items():
+        if value is None:
+            continue
+        if key not in flat_keys():
+            raise ParamsError(f"{source}: unknown param {key!r}")
+        params = _replace(params, key.split("."),
+                          _convert(param_type(key), value, source, key))
+    return validate(params, source)
+
+
+def _replace(node: typing.Any, names: list[str], value: object) -> typing.Any:
+    head, *rest = names
+    new = _replace(getattr(node, head), rest, value) if rest else value
+    return dataclasses.replace(node, **{head: new})
 
 
 def flat_keys(cls: type = Params, prefix: str = "") -> list[str]:
     """Every dotted key of the params tree (what dvc.yaml's `params:` may name)."""
     keys = []
-    for field in dataclasses.fields(cls):
-        hint = typing.get_type_hints(cls)[field.name]
+    for name, hint in typing.get_type_hints(cls).items():
         if dataclasses.is_dataclass(hint):
-            keys.extend(flat_keys(hint, f"{prefix}{field.name}."))
+            keys.extend(flat_keys(hint, f"{prefix}{name}."))
         else:
-            keys.append(f"{prefix}{field.name}")
+            keys.append(f"{prefix}{name}")
     return keys

@@ -13,7 +13,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from src.augment.steps.assemble import run_assemble
 from src.params import load_params
 
 
@@ -29,6 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(args.params)
+    # Imported once params are valid: the ML libraries take seconds to import.
+    from src.augment.steps.assemble import run_assemble
     run_assemble(params, args.captions, args.regions, args.coco_root, args.out, args.metrics,
                  args.plots_dir)
 

@@ -13,7 +13,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from src.augment.steps.clip_score import run_clip_score
 from src.params import load_params
 
 
@@ -27,6 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(args.params)
+    # Imported once params are valid: the ML libraries take seconds to import.
+    from src.augment.steps.clip_score import run_clip_score
     run_clip_score(params, args.detections, args.coco_root, args.out, args.device)
 
 

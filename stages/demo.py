@@ -9,8 +9,6 @@ import argparse
 import shutil
 from pathlib import Path
 
-from src.data.demo import write_demo
-from src.models.tiny import build_tiny_models
 from src.params import load_params
 
 
@@ -20,6 +18,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    # Imported once params are valid: the ML libraries take seconds to import.
+    from src.data.demo import write_demo
+    from src.models.tiny import build_tiny_models
+
     shutil.rmtree(args.out, ignore_errors=True)
     write_demo(args.out, params.demo.num_train, params.demo.num_val, params.seed)
     models = build_tiny_models(args.out / "models", seed=params.seed)

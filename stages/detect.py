@@ -15,7 +15,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from src.augment.steps.detect import run_detect
 from src.params import load_params
 
 
@@ -30,6 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(args.params)
+    # Imported once params are valid: the ML libraries take seconds to import.
+    from src.augment.steps.detect import run_detect
     run_detect(params, args.phrases, args.coco_root, args.shards_dir, args.out, args.device)
 
 

@@ -14,10 +14,6 @@ import argparse
 import logging
 from pathlib import Path
 
-import torch
-
-from src.eval.generate import CaptionSettings
-from src.eval.run import EvalConfig, EvalOutputs, evaluate, process_state, summary, write_outputs
 from src.params import load_params
 
 logger = logging.getLogger(__name__)
@@ -38,6 +34,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(args.params)
+    # Imported once params are valid: the ML libraries take seconds to import.
+    import torch
+
+    from src.eval.generate import CaptionSettings
+    from src.eval.run import (
+        EvalConfig,
+        EvalOutputs,
+        evaluate,
+        process_state,
+        summary,
+        write_outputs,
+    )
+
     knobs = params.evaluate
     outputs = EvalOutputs(metrics=args.metrics, predictions=args.predictions,
                           per_image=args.per_image, gallery=args.plots_dir / "gallery.png")

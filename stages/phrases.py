@@ -9,7 +9,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from src.augment.steps.phrases import run_phrases
 from src.params import load_params
 
 
@@ -22,6 +21,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(args.params)
+    # Imported once params are valid: the ML libraries take seconds to import.
+    from src.augment.steps.phrases import run_phrases
     run_phrases(params, args.captions, args.captions_out, args.phrases_out)
 
 

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from src.train.recipe import FinetunePaths, finetune, load_config
+from src.params import load_params
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file
 
-    config = dataclasses.replace(load_config(args.params), num_workers=args.num_workers,
+    params = load_params(args.params)
+    # Imported once params are valid: the ML libraries take seconds to import.
+    from src.train.recipe import FinetuneConfig, FinetunePaths, finetune
+
+    config = dataclasses.replace(FinetuneConfig.from_params(params), num_workers=args.num_workers,
                                  skip_malformed=args.skip_malformed,
                                  drop_bad_masks=args.drop_bad_masks)
     paths = FinetunePaths(args.train_file, args.image_root, args.val_ann, args.val_images,

@@ -1,15 +1,33 @@
-"""params.yaml parses, typos fail at start, and dvc.yaml names only keys that exist."""
+"""params.yaml parses, typos and bad values fail at start naming the key, and dvc.yaml names
+only keys that exist."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from src.params import flat_keys, load_params
+from src.params import ParamsError, flat_keys, load_params, override
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path: Path, changes: dict[str, object]) -> Path:
+    """The repo's params.yaml with each dotted key set to its value."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key, value in changes.items():
+        *sections, name = key.split(".")
+        node = raw
+        for section in sections:
+            node = node[section]
+        node[name] = value
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
 
 
 def test_params_yaml_parses() -> None:
@@ -25,11 +43,107 @@ def test_typo_and_wrong_type_fail(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(ValueError, match=r"train: unknown keys \['lrr'\], missing keys \['lr'\]"):
         load_params(tmp_path / "p.yaml")
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["detect"]["batch_size"] = "eight"
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(ValueError, match=r"detect\.batch_size: expected int"):
-        load_params(tmp_path / "p.yaml")
+    with pytest.raises(ParamsError, match=r"detect\.batch_size='eight': expected int"):
+        load_params(_write(tmp_path, {"detect.batch_size": "eight"}))
+    with pytest.raises(ParamsError, match=r"train\.lr='fast': expected float"):
+        load_params(_write(tmp_path, {"train.lr": "fast"}))
+
+
+@pytest.mark.parametrize(("key", "value", "reason"), [
+    ("train.lora_r", -4, "must be > 0"),
+    ("train.bsz", 0, "must be > 0"),
+    ("assemble.region_format", "boxx", "must be one of crop, box"),
+    ("max_images", -3, "must be >= 0"),
+    ("train.lora_target", ".*(q_proj|v_proj", "must be a valid regular expression"),
+    ("box_threshold", 1.5, "must be in [0, 1]"),
+    ("text_threshold", -0.1, "must be in [0, 1]"),
+    ("clip_threshold", 1.2, "must be in [-1, 1]"),
+    ("profile", "cocoa", "must be one of coco, demo"),
+    ("evaluate.num_examples", -1, "must be >= 0"),
+    ("clip_score.caption_template", "a photo", "must contain {phrase}"),
+])
+def test_invalid_value_names_key_value_and_reason(tmp_path: Path, key: str, value: object,
+                                                  reason: str) -> None:
+    path = _write(tmp_path, {key: value})
+    with pytest.raises(ParamsError) as error:
+        load_params(path)
+    assert str(error.value).startswith(f"{path}: {key}={value!r}: {reason}")
+
+
+def test_floor_above_a_threshold_says_why(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError) as error:
+        load_params(_write(tmp_path, {"detect.floor_score": 0.5, "box_threshold": 0.30}))
+    assert "detect.floor_score=0.5: must not exceed box_threshold (0.3)" in str(error.value)
+    assert "silently return fewer boxes" in str(error.value)
+    with pytest.raises(ParamsError, match=r"detect\.floor_score=0\.28"):  # above text 0.25 only
+        load_params(_write(tmp_path, {"detect.floor_score": 0.28}))
+    assert load_params(_write(tmp_path, {"detect.floor_score": 0.25})).detect.floor_score == 0.25
+
+
+def test_every_bad_value_is_listed(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError) as error:
+        load_params(_write(tmp_path, {"train.bsz": 0, "max_images": -3}))
+    assert str(error.value).count("\n") == 1
+    assert "train.bsz=0" in str(error.value) and "max_images=-3" in str(error.value)
+
+
+def test_scientific_notation_is_a_float(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    text = (REPO / "params.yaml").read_text().replace("lr: 1.0e-4", "lr: 1e-4")
+    path.write_text(text)
+    assert yaml.safe_load(text)["train"]["lr"] == "1e-4"  # why it needs accepting
+    assert load_params(path).train.lr == 1e-4
+    assert load_params(_write(tmp_path, {"box_threshold": "3.5E-1"})).box_threshold == 0.35
+    with pytest.raises(ParamsError, match=r"train\.lr='1e-4x': expected float"):
+        load_params(_write(tmp_path, {"train.lr": "1e-4x"}))
+    with pytest.raises(ParamsError, match=r"train\.lr='nan': expected float"):
+        load_params(_write(tmp_path, {"train.lr": "nan"}))
+
+
+def test_override_replaces_by_dotted_key_and_validates() -> None:
+    params = load_params(REPO / "params.yaml")
+    changed = override(params, {"box_threshold": 0.4, "detect.batch_size": 4, "train.lr": 2e-4,
+                                "model_id": None, "evaluate.meteor": False})
+    assert (changed.box_threshold, changed.detect.batch_size, changed.train.lr) == (0.4, 4, 2e-4)
+    assert changed.model_id == params.model_id  # None: not given
+    assert changed.evaluate.meteor is False and params.evaluate.meteor is True
+    assert changed.detect.floor_score == params.detect.floor_score
+    with pytest.raises(ParamsError, match=r"^command line: box_threshold=1.5: must be in"):
+        override(params, {"box_threshold": 1.5})
+    with pytest.raises(ParamsError, match=r"detect\.floor_score=0\.15: must not exceed"):
+        override(params, {"box_threshold": 0.1})
+    with pytest.raises(ParamsError, match=r"train\.bsz='2': expected int"):
+        override(params, {"train.bsz": "2"})
+    with pytest.raises(ParamsError, match=r"unknown param 'train\.bs'"):
+        override(params, {"train.bs": 2})
+
+
+# The stages' entry points, with the arguments dvc.yaml gives (paths need not exist: the
+# params are checked first).
+ENTRY_POINTS = {name: stage["cmd"].split()[2:] for name, stage in
+                yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items()}
+
+
+@pytest.mark.parametrize("stage", sorted(ENTRY_POINTS))
+def test_stage_fails_fast_before_importing_torch(tmp_path: Path, stage: str) -> None:
+    """A bad value stops the stage in seconds, naming the key, before any ML library (and so
+    any model) is loaded."""
+    path = _write(tmp_path, {"train.lora_r": -4})
+    module, *args = ENTRY_POINTS[stage]
+    probe = ("import runpy, sys\n"
+             f"sys.argv = ['x', *{[*args, '--params', str(path)]!r}]\n"
+             "try:\n"
+             f"    runpy.run_module({module!r}, run_name='__main__')\n"
+             "finally:\n"
+             "    print('torch imported' if 'torch' in sys.modules else 'torch not imported')\n")
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, check=False)
+    seconds = time.monotonic() - start
+    assert done.returncode != 0
+    assert f"{path}: train.lora_r=-4: must be > 0" in done.stderr
+    assert done.stdout.strip() == "torch not imported"
+    assert seconds < 5
 
 
 def test_dvc_yaml_params_exist() -> None:
@@ -44,3 +158,4 @@ def test_dvc_yaml_params_exist() -> None:
 def test_demo_overrides_exist() -> None:
     overrides = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     assert set(overrides) <= set(flat_keys())
+    assert override(load_params(REPO / "params.yaml"), overrides).profile == "demo"

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from src.data.jsonl import Example, write_examples
-from src.train.recipe import FinetuneConfig, FinetunePaths, load_config
+from src.params import load_params
+from src.train.recipe import FinetuneConfig, FinetunePaths
 
 REPO = Path(__file__).resolve().parents[1]
 FULL_PROMPT = "Provide a one-sentence caption for the provided image."
@@ -49,7 +50,8 @@ def tiny_config(llava_dir: Path, **overrides: object) -> FinetuneConfig:
             "max_steps": 6, "lr": 1e-3, "gradient_checkpointing": False, "max_length": 128,
             "val_examples": 8, "eval_every": 3, "save_every": 2, "log_every": 1,
             "num_workers": 0}
-    return dataclasses.replace(load_config(REPO / "params.yaml"), **{**tiny, **overrides})
+    config = FinetuneConfig.from_params(load_params(REPO / "params.yaml"))
+    return dataclasses.replace(config, **{**tiny, **overrides})
 
 
 def demo_paths(coco_root: Path, train_file: Path, out_dir: Path) -> FinetunePaths:

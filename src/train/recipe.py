@@ -28,7 +28,7 @@ from transformers import ProcessorMixin, get_cosine_schedule_with_warmup
 from src.data.atomic import atomic_write_json
 from src.data.jsonl import read_examples
 from src.models.llava import IGNORE_INDEX, image_token_count, load_llava, load_processor
-from src.params import TrainParams, load_params
+from src.params import Params, TrainParams
 from src.train.checkpoint import (
     TrainerState,
     fingerprint,
@@ -62,12 +62,11 @@ class FinetuneConfig(TrainParams):
     drop_bad_masks: bool = False  # count and drop examples whose mask check fails
     num_workers: int = 2  # DataLoader workers decoding images
 
-
-def load_config(params_path: Path) -> FinetuneConfig:
-    """params.yaml's `train` section plus model_id, seed and the full-image prompt."""
-    params = load_params(params_path)
-    return FinetuneConfig(**asdict(params.train), model_id=params.model_id,
-                          seed=params.seed, val_prompt=params.assemble.full_prompt)
+    @classmethod
+    def from_params(cls, params: Params) -> FinetuneConfig:
+        """The `train` section plus model_id, seed and the full-image prompt."""
+        return cls(**asdict(params.train), model_id=params.model_id, seed=params.seed,
+                   val_prompt=params.assemble.full_prompt)
 
 
 @dataclass(frozen=True)
