@@ -37,7 +37,6 @@ def main(argv: list[str] | None = None) -> None:
     # Imported once params are valid: the ML libraries take seconds to import.
     import torch
 
-    from src.eval.generate import CaptionSettings
     from src.eval.run import (
         EvalConfig,
         EvalOutputs,
@@ -47,31 +46,18 @@ def main(argv: list[str] | None = None) -> None:
         write_outputs,
     )
 
-    knobs = params.evaluate
     outputs = EvalOutputs(metrics=args.metrics, predictions=args.predictions,
                           per_image=args.per_image, gallery=args.plots_dir / "gallery.png")
 
-    if args.adapter is None and not knobs.baseline:
+    if args.adapter is None and not params.evaluate.baseline:
         write_outputs(outputs, DISABLED, {}, [], [],
                       notice="baseline disabled (evaluate.baseline=false)")
         logger.info("evaluate.baseline is false: wrote a disabled stub to %s", args.metrics)
         return
 
     torch.manual_seed(params.seed)
-    config = EvalConfig(
-        model_id=params.model_id,
-        adapter_dir=args.adapter,
-        clip_model_id=params.clip_model_id,
-        images_dir=args.images,
-        ann_path=args.ann,
-        num_examples=knobs.num_examples,
-        seed=params.seed,
-        caption=CaptionSettings(knobs.prompt, knobs.max_new_tokens, knobs.num_beams),
-        batch_size=knobs.batch_size,
-        num_workers=args.num_workers,
-        meteor=knobs.meteor,
-        gallery_images=knobs.gallery_images,
-    )
+    config = EvalConfig.from_params(params, adapter_dir=args.adapter, images_dir=args.images,
+                                    ann_path=args.ann, num_workers=args.num_workers)
     metrics = evaluate(config, outputs, process_state())
     if metrics is not None:
         logger.info("%s: %s", "fine-tuned" if args.adapter else "base", summary(metrics))

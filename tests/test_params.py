@@ -122,16 +122,18 @@ def test_override_replaces_by_dotted_key_and_validates() -> None:
 # params are checked first).
 ENTRY_POINTS = {name: stage["cmd"].split()[2:] for name, stage in
                 yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items()}
+SEED_COMMANDS = {
+    "augment": ["src.augment.augment_gdino_clip", "--coco-root", "c", "--out", "o.jsonl"],
+    "finetune": ["src.train.finetune_llava", "--train-file", "t", "--val-ann", "v",
+                 "--val-images", "i", "--output-dir", "o", "--lr", "1e-4"],
+    "evaluate": ["src.eval.evaluate_coco", "--images", "i", "--ann", "a"],
+}
 
 
-@pytest.mark.parametrize("stage", sorted(ENTRY_POINTS))
-def test_stage_fails_fast_before_importing_torch(tmp_path: Path, stage: str) -> None:
-    """A bad value stops the stage in seconds, naming the key, before any ML library (and so
-    any model) is loaded."""
-    path = _write(tmp_path, {"train.lora_r": -4})
-    module, *args = ENTRY_POINTS[stage]
+def _run_entry_point(module: str, args: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+    """Run `python -m module args`; stdout ends with whether torch was imported."""
     probe = ("import runpy, sys\n"
-             f"sys.argv = ['x', *{[*args, '--params', str(path)]!r}]\n"
+             f"sys.argv = ['x', *{args!r}]\n"
              "try:\n"
              f"    runpy.run_module({module!r}, run_name='__main__')\n"
              "finally:\n"
@@ -139,11 +141,38 @@ def test_stage_fails_fast_before_importing_torch(tmp_path: Path, stage: str) -> 
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
                           text=True, timeout=60, check=False)
-    seconds = time.monotonic() - start
+    return done, time.monotonic() - start
+
+
+@pytest.mark.parametrize("command", [*(f"stage {name}" for name in sorted(ENTRY_POINTS)),
+                                     *(f"seed {name}" for name in sorted(SEED_COMMANDS))])
+def test_bad_params_file_fails_fast_before_importing_torch(tmp_path: Path, command: str) -> None:
+    """A bad value stops every stage and seed command in seconds, naming the key, before any
+    ML library (and so any model) is loaded."""
+    path = _write(tmp_path, {"train.lora_r": -4})
+    kind, name = command.split()
+    module, *args = (ENTRY_POINTS if kind == "stage" else SEED_COMMANDS)[name]
+    done, seconds = _run_entry_point(module, [*args, "--params", str(path)])
     assert done.returncode != 0
     assert f"{path}: train.lora_r=-4: must be > 0" in done.stderr
     assert done.stdout.strip() == "torch not imported"
     assert seconds < 5
+
+
+@pytest.mark.parametrize(("command", "flag", "message"), [
+    ("augment", ["--box-threshold", "1.5"], "box_threshold=1.5: must be in [0, 1]"),
+    ("augment", ["--batch-size", "0"], "detect.batch_size=0: must be > 0"),
+    ("finetune", ["--lora-r", "-4"], "train.lora_r=-4: must be > 0"),
+    ("finetune", ["--lora-target", "(q_proj"], "train.lora_target='(q_proj': must be a valid"),
+    ("evaluate", ["--num-examples", "-3"], "evaluate.num_examples=-3: must be >= 0"),
+    ("evaluate", ["--num-beams", "0"], "evaluate.num_beams=0: must be > 0"),
+])
+def test_bad_flag_fails_validation(command: str, flag: list[str], message: str) -> None:
+    module, *args = SEED_COMMANDS[command]
+    done, _ = _run_entry_point(module, [*args, *flag, "--params", str(REPO / "params.yaml")])
+    assert done.returncode != 0
+    assert f"command line: {message}" in done.stderr
+    assert done.stdout.strip() == "torch not imported"
 
 
 def test_dvc_yaml_params_exist() -> None:

@@ -20,24 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from src.augment.steps.assemble import run_assemble
-from src.augment.steps.clip_score import run_clip_score
-from src.augment.steps.detect import run_detect
-from src.augment.steps.phrases import run_phrases
 from src.data.atomic import atomic_write_text
-from src.params import Params, load_params
-
-
-def overridden(params: Params, args: argparse.Namespace) -> Params:
-    """params.yaml's values, with those given on the command line in their place."""
-    top = {"max_images": args.max_images, "box_threshold": args.box_threshold,
-           "text_threshold": args.text_threshold, "clip_threshold": args.clip_threshold,
-           "detector_id": args.detector_id, "clip_model_id": args.clip_model_id}
-    params = dataclasses.replace(params, **{k: v for k, v in top.items() if v is not None})
-    if args.batch_size is not None:
-        params = dataclasses.replace(
-            params, detect=dataclasses.replace(params.detect, batch_size=args.batch_size))
-    return params
+from src.params import load_params, override
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,7 +42,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    params = overridden(load_params(args.params), args)
+    params = override(load_params(args.params), {
+        "max_images": args.max_images, "box_threshold": args.box_threshold,
+        "text_threshold": args.text_threshold, "clip_threshold": args.clip_threshold,
+        "detector_id": args.detector_id, "clip_model_id": args.clip_model_id,
+        "detect.batch_size": args.batch_size})
+    # Imported once params are valid: the ML libraries take seconds to import.
+    from src.augment.steps.assemble import run_assemble
+    from src.augment.steps.clip_score import run_clip_score
+    from src.augment.steps.detect import run_detect
+    from src.augment.steps.phrases import run_phrases
+
     work = args.out.parent / f"{args.out.stem}_work"
     atomic_write_text(work / "params.yaml",
                       yaml.safe_dump(dataclasses.asdict(params), sort_keys=False))

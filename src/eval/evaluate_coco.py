@@ -15,11 +15,7 @@ import argparse
 import logging
 from pathlib import Path
 
-import torch
-
-from src.eval.generate import CaptionSettings
-from src.eval.run import SCORE_KEYS, EvalConfig, EvalOutputs, evaluate, process_state, summary
-from src.params import load_params
+from src.params import load_params, override
 
 LABELS = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
           "meteor": "METEOR", "rougeL": "ROUGE-L", "cider": "CIDEr", "clipscore": "CLIPScore",
@@ -28,7 +24,7 @@ LABELS = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLE
 
 def format_table(metrics: dict[str, float | int]) -> str:
     """BLEU-4 and CIDEr first, then the other scores, then the counts."""
-    order = ["bleu4", "cider", *(k for k in SCORE_KEYS if k not in ("bleu4", "cider"))]
+    order = ["bleu4", "cider", *(k for k in LABELS if k not in ("bleu4", "cider"))]
     lines = [f"{LABELS[k]:<14}{metrics[k]:>9.4f}" for k in order if k in metrics]
     lines += [f"{k:<14}{metrics[k]:>9d}" for k in ("n_images", "n_empty", "skipped")]
     return "\n".join(lines)
@@ -60,30 +56,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params(args.params)
-    knobs = params.evaluate
+    params = override(load_params(args.params), {
+        "model_id": args.model_id, "clip_model_id": args.clip_model_id, "seed": args.seed,
+        **{f"evaluate.{name}": getattr(args, name) for name in (
+            "num_examples", "batch_size", "max_new_tokens", "num_beams", "prompt", "meteor",
+            "gallery_images")}})
+    # Imported once params are valid: the ML libraries take seconds to import.
+    import torch
 
-    def pick(value: object, default: object) -> object:
-        return default if value is None else value
+    from src.eval.run import EvalConfig, EvalOutputs, evaluate, process_state, summary
 
-    seed = pick(args.seed, params.seed)
-    torch.manual_seed(seed)
-    config = EvalConfig(
-        model_id=pick(args.model_id, params.model_id),
-        adapter_dir=args.model,
-        clip_model_id=pick(args.clip_model_id, params.clip_model_id),
-        images_dir=args.images,
-        ann_path=args.ann,
-        num_examples=pick(args.num_examples, knobs.num_examples),
-        seed=seed,
-        caption=CaptionSettings(pick(args.prompt, knobs.prompt),
-                                pick(args.max_new_tokens, knobs.max_new_tokens),
-                                pick(args.num_beams, knobs.num_beams)),
-        batch_size=pick(args.batch_size, knobs.batch_size),
-        num_workers=args.num_workers,
-        meteor=pick(args.meteor, knobs.meteor),
-        gallery_images=pick(args.gallery_images, knobs.gallery_images),
-    )
+    torch.manual_seed(params.seed)
+    config = EvalConfig.from_params(params, adapter_dir=args.model, images_dir=args.images,
+                                    ann_path=args.ann, num_workers=args.num_workers)
     outputs = EvalOutputs(metrics=args.out, predictions=args.predictions,
                           per_image=args.per_image, gallery=args.gallery)
     metrics = evaluate(config, outputs, process_state())

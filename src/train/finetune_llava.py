@@ -18,16 +18,21 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from src.train.recipe import FinetunePaths, finetune, load_config
+from src.params import load_params, override, param_type
 
 logger = logging.getLogger(__name__)
 
-# Command-line flag -> FinetuneConfig field; absent flags keep the params.yaml value.
-OVERRIDES = {
-    "model_id": str, "epochs": int, "max_steps": int, "bsz": int, "grad_accum": int,
-    "lr": float, "image_size": int, "lora_r": int, "lora_alpha": int, "lora_dropout": float,
-    "lora_target": str, "max_length": int, "seed": int,
-}
+# params.yaml keys with a flag of their last part's name (--lr sets train.lr); absent flags
+# keep the params.yaml value.
+VALUE_FLAGS = ("model_id", "seed", *(f"train.{name}" for name in (
+    "epochs", "max_steps", "bsz", "grad_accum", "lr", "image_size", "lora_r", "lora_alpha",
+    "lora_dropout", "lora_target", "max_length")))
+SWITCH_FLAGS = {"train.load_in_4bit": "QLoRA: nf4 base weights",
+                "train.train_projector": "also train the multimodal projector"}
+
+
+def _dest(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,13 +49,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--metrics", type=Path, help="also write the metrics JSON here")
     parser.add_argument("--live-dir", type=Path, help="dvclive curves (default: none)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    for name, kind in OVERRIDES.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind)
-    for name, help_text in (("load-in-4bit", "QLoRA: nf4 base weights"),
-                            ("train-projector", "also train the multimodal projector"),
-                            ("skip-malformed", "count and skip malformed JSONL lines"),
-                            ("drop-bad-masks", "count and drop examples failing the mask check")):
-        parser.add_argument(f"--{name}", action="store_true", default=None, help=help_text)
+    for key in VALUE_FLAGS:
+        parser.add_argument(f"--{_dest(key).replace('_', '-')}", type=param_type(key))
+    for key, help_text in SWITCH_FLAGS.items():
+        parser.add_argument(f"--{_dest(key).replace('_', '-')}", action="store_true",
+                            default=None, help=help_text)
+    parser.add_argument("--skip-malformed", action="store_true",
+                        help="count and skip malformed JSONL lines")
+    parser.add_argument("--drop-bad-masks", action="store_true",
+                        help="count and drop examples failing the mask check")
     parser.add_argument("--pad-to-square", action=argparse.BooleanOptionalAction, default=None,
                         help="pad images to a square before resizing, as LLaVA-1.5 trained")
     parser.add_argument("--num-workers", type=int, default=2, help="image-decoding workers")
@@ -61,11 +68,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file
-    given = {name: getattr(args, name) for name in
-             (*OVERRIDES, "load_in_4bit", "train_projector", "skip_malformed", "drop_bad_masks",
-              "pad_to_square", "num_workers")}
-    config = dataclasses.replace(load_config(args.params),
-                                 **{k: v for k, v in given.items() if v is not None})
+    params = override(load_params(args.params), {
+        key: getattr(args, _dest(key))
+        for key in (*VALUE_FLAGS, *SWITCH_FLAGS, "train.pad_to_square")})
+    # Imported once params are valid: the ML libraries take seconds to import.
+    from src.train.recipe import FinetuneConfig, FinetunePaths, finetune
+
+    config = dataclasses.replace(FinetuneConfig.from_params(params),
+                                 skip_malformed=args.skip_malformed,
+                                 drop_bad_masks=args.drop_bad_masks, num_workers=args.num_workers)
     paths = FinetunePaths(
         train_file=args.train_file,
         image_root=args.image_root or args.val_images.parent,
