@@ -27,7 +27,6 @@ from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
 from bench.timing import seconds
 from src.augment.detect import (
-    autocast_dtype,
     detection_loader,
     forward,
     image_batches,
@@ -37,6 +36,7 @@ from src.augment.layout import find_image_dir
 from src.augment.regions import crop_batches, crop_loader, drop_small_boxes, score_regions
 from src.augment.shards import detect_shards, merge_shards, shard_manifest, split_shards
 from src.models.clip import load_clip, paired_cosine_pixels
+from src.models.device_policy import detector_autocast_dtype
 from src.models.hub import load_pretrained
 from src.models.tiny import build_real_models, build_tiny_models
 
@@ -59,7 +59,7 @@ def bench_detect(model_dir: Path, plan_images: list, image_dir: Path, device: to
     processor = load_pretrained(AutoProcessor.from_pretrained, model_dir)
     model = load_pretrained(AutoModelForZeroShotObjectDetection.from_pretrained,
                             model_dir).eval().to(device)
-    dtype = autocast_dtype(device)
+    dtype = detector_autocast_dtype(device)
     max_text_len = model.config.max_text_len
     shards = split_shards(len(plan_images), 256)
     manifests = [shard_manifest({"bench": batch_size}, [plan_images[i] for i in s])

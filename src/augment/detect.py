@@ -227,13 +227,6 @@ def boxes_to_pixels(boxes_cxcywh: torch.Tensor, width: torch.Tensor | float,
     return torch.minimum(xyxy.clamp(min=0), scale)
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 where the GPU has it, else fp16 on CUDA; full precision on CPU."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def forward(model: torch.nn.Module, batch: DetectBatch,
             autocast_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Token probabilities (entries, queries, max_text_len) and boxes (entries, queries, 4)."""

@@ -15,11 +15,6 @@ from src.models.llava import load_llava, load_processor, processor_image_size
 logger = logging.getLogger(__name__)
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on a GPU (LLaVA-1.5's training dtype), float32 on a CPU (bf16 is slow there)."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
 def native_image_size(model_id: str) -> int:
     """The vision tower's own input side (336 for llava-hf/llava-1.5-7b-hf)."""
     return int(load_pretrained(AutoConfig.from_pretrained, model_id).vision_config.image_size)

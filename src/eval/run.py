@@ -21,7 +21,7 @@ from accelerate import PartialState
 from src.data.atomic import atomic_path, atomic_write_json
 from src.data.coco import CaptionSet, load_captions, resolve_image_path, select_images
 from src.data.images import SKIP_REASONS, load_rgb
-from src.eval.captioner import default_dtype, load_captioner
+from src.eval.captioner import load_captioner
 from src.eval.clipscore import score_images
 from src.eval.dataset import EvalImage
 from src.eval.gallery import GalleryRow, render_gallery, render_notice
@@ -35,6 +35,7 @@ from src.eval.prediction_log import (
     run_key,
 )
 from src.models.clip import load_clip
+from src.models.device_policy import llava_dtype, resolve_device
 from src.params import Params
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class EvalOutputs:
 def process_state() -> PartialState:
     """This run's processes (torchrun / accelerate launch, else one). Without a GPU accelerate
     only joins a multi-process run when told to use the CPU (gloo)."""
-    return PartialState(cpu=not torch.cuda.is_available())
+    return PartialState(cpu=resolve_device().type == "cpu")
 
 
 def eval_images(captions: CaptionSet, images_dir: Path, num_examples: int,
@@ -106,7 +107,7 @@ def eval_images(captions: CaptionSet, images_dir: Path, num_examples: int,
 def _generate(config: EvalConfig, items: Sequence[EvalImage], log_prefix: Path,
               state: PartialState) -> dict[int, Prediction] | None:
     """Caption every item not already in the logs; the merged result on the main process."""
-    dtype = default_dtype(state.device)
+    dtype = llava_dtype(state.device)
     log = PredictionLog(log_prefix, rank=state.process_index, key=run_key({
         "model": fingerprint(config.model_id),
         "adapter": fingerprint(config.adapter_dir) if config.adapter_dir else None,

@@ -23,6 +23,7 @@ from transformers import (
 from transformers.image_utils import SizeDict
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
+from src.models.device_policy import resolve_device
 from src.models.hub import load_pretrained
 
 logger = logging.getLogger(__name__)
@@ -108,9 +109,7 @@ def _check_bitsandbytes() -> None:
     try:
         import bitsandbytes.functional as bnb_functional
 
-        probe = torch.randn(
-            64, 64, dtype=torch.bfloat16, device="cuda" if torch.cuda.is_available() else "cpu"
-        )
+        probe = torch.randn(64, 64, dtype=torch.bfloat16, device=resolve_device())
         bnb_functional.quantize_4bit(probe, quant_type="nf4")
     except (RuntimeError, NotImplementedError, OSError, ImportError) as error:
         raise RuntimeError(

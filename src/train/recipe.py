@@ -27,6 +27,7 @@ from transformers import ProcessorMixin, get_cosine_schedule_with_warmup
 
 from src.data.atomic import atomic_write_json
 from src.data.jsonl import read_examples
+from src.models.device_policy import llava_dtype, mixed_precision, resolve_device
 from src.models.llava import IGNORE_INDEX, image_token_count, load_llava, load_processor
 from src.params import Params, TrainParams
 from src.train.checkpoint import (
@@ -163,8 +164,8 @@ def _setup_data(config: FinetuneConfig, paths: FinetunePaths, processor: Process
 
 def _setup_model(config: FinetuneConfig, device: torch.device) -> PeftModel:
     quantized = config.load_in_4bit
-    dtype = torch.bfloat16 if torch.cuda.is_available() or quantized else torch.float32
-    model = load_llava(config.model_id, config.image_size, dtype=dtype, load_in_4bit=quantized,
+    model = load_llava(config.model_id, config.image_size,
+                       dtype=llava_dtype(device, load_in_4bit=quantized), load_in_4bit=quantized,
                        device_map={"": str(device)} if quantized else None)
     lora = LoraSettings(config.lora_r, config.lora_alpha, config.lora_dropout,
                         config.lora_target, config.train_projector)
@@ -196,7 +197,7 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
     """Train (or resume) and write the adapter dir and metrics; returns the metrics."""
     accelerator = Accelerator(
         gradient_accumulation_steps=config.grad_accum,
-        mixed_precision="bf16" if torch.cuda.is_available() else "no",
+        mixed_precision=mixed_precision(resolve_device()),
         # The batch sampler yields global batches, split across processes: the effective
         # batch (bsz x grad_accum x processes) and the batch order match one process.
         dataloader_config=DataLoaderConfiguration(split_batches=True),

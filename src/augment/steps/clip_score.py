@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from src.augment.layout import find_image_dir
@@ -20,6 +19,7 @@ from src.augment.skips import merge_skips
 from src.augment.tables import read_table, write_table
 from src.data.images import ImageSkip, SkipCounter
 from src.models.clip import load_clip
+from src.models.device_policy import clip_dtype, resolve_device
 from src.params import Params
 
 logger = logging.getLogger(__name__)
@@ -29,18 +29,16 @@ def run_clip_score(params: Params, detections_path: Path, coco_root: Path, out: 
                    device: str) -> None:
     """CLIP cosine of every big-enough candidate's crop against its region caption.
 
-    `device` is "auto", "cpu" or "cuda"; CUDA scores in fp16.
+    `device` is "auto", "cpu" or "cuda".
     """
     settings = params.clip_score
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    torch_device = torch.device("cuda" if use_cuda else "cpu")
+    torch_device = resolve_device(device)
 
     detections, metadata = read_table(detections_path)
     regions = drop_small_boxes(detections, settings.min_box_frac)
     regions["caption"] = [region_caption(settings.caption_template, p) for p in regions["phrase"]]
     image_dir = coco_root / find_image_dir(coco_root, regions["file_name"].tolist())
-    model, processor = load_clip(params.clip_model_id, torch_device,
-                                 torch.float16 if use_cuda else torch.float32)
+    model, processor = load_clip(params.clip_model_id, torch_device, clip_dtype(torch_device))
 
     skips, skipped_ids = SkipCounter(), {}
 

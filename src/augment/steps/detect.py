@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from tqdm import tqdm
 from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-from src.augment.detect import autocast_dtype, plan_queries
+from src.augment.detect import plan_queries
 from src.augment.layout import find_image_dir
 from src.augment.shards import (
     detect_shards,
@@ -28,6 +28,7 @@ from src.augment.shards import (
 )
 from src.augment.tables import write_table
 from src.data.images import SkipCounter
+from src.models.device_policy import detector_autocast_dtype, resolve_device
 from src.models.hub import load_pretrained
 from src.params import Params
 
@@ -41,7 +42,7 @@ def run_detect(params: Params, phrases_path: Path, coco_root: Path, shards_dir: 
     Under `accelerate launch` each process runs its share of the pending shards and the
     main process merges them into `out`. `device` is "auto", "cpu" or "cuda".
     """
-    accelerator = Accelerator(cpu=device == "cpu")
+    accelerator = Accelerator(cpu=resolve_device(device).type == "cpu")
 
     # Model first: its tokenizer and text limit shape the prompts.
     processor = load_pretrained(AutoProcessor.from_pretrained, params.detector_id)
@@ -70,7 +71,7 @@ def run_detect(params: Params, phrases_path: Path, coco_root: Path, shards_dir: 
                       image_dir, floor_score=params.detect.floor_score,
                       batch_size=params.detect.batch_size,
                       num_workers=params.detect.num_workers, max_text_len=max_text_len,
-                      autocast_dtype=autocast_dtype(accelerator.device),
+                      autocast_dtype=detector_autocast_dtype(accelerator.device),
                       on_skip=skips.add, on_images=bar.update)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:

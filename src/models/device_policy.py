@@ -1,0 +1,46 @@
+"""Where the models run and in which dtype: the one place that decides, for every stage.
+
+CUDA when a GPU is visible (or demanded with `--device cuda`), else the CPU. On CUDA LLaVA
+holds bf16 weights (its training dtype) and trains under bf16 mixed precision, CLIP region
+scoring runs in fp16, and GroundingDINO under bf16 autocast (fp16 where the GPU lacks
+bf16). On the CPU everything runs in float32, where half precision is slow; 4-bit
+(QLoRA) keeps bf16 for its unquantised weights on either device, its compute dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")  # what a --device flag accepts
+
+
+def resolve_device(choice: str = "auto") -> torch.device:
+    """The torch device for a --device choice; "auto" takes CUDA when it is there."""
+    if choice not in DEVICE_CHOICES:
+        raise ValueError(f"device {choice!r} is not one of {', '.join(DEVICE_CHOICES)}")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda, but torch sees no CUDA GPU "
+                           f"(torch {torch.__version__}): use --device cpu or auto")
+    return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def llava_dtype(device: torch.device, *, load_in_4bit: bool = False) -> torch.dtype:
+    """Dtype of LLaVA's (unquantised) weights, for training and generation."""
+    return torch.bfloat16 if device.type == "cuda" or load_in_4bit else torch.float32
+
+
+def mixed_precision(device: torch.device) -> str:
+    """accelerate's `mixed_precision` for training on `device`."""
+    return "bf16" if device.type == "cuda" else "no"
+
+
+def clip_dtype(device: torch.device) -> torch.dtype:
+    """Dtype of CLIP's weights for region scoring (thresholds absorb fp16 rounding)."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def detector_autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """GroundingDINO's autocast dtype; None: full precision, no autocast."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
