@@ -118,3 +118,28 @@ def test_two_processes_give_the_same_predictions(demo_coco: Path, tiny_models: d
     one = json.loads((tmp_path / "procs1/metrics.json").read_text())
     two = json.loads((tmp_path / "procs2/metrics.json").read_text())
     assert one == pytest.approx(two)
+
+
+@pytest.mark.slow
+def test_offline_unloadable_clip_still_writes_every_caption_metric(
+        demo_coco: Path, tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """Offline with a CLIP id that is nowhere: a notice before captioning, then BLEU-4 and
+    CIDEr printed and metrics.json written with CLIPScore marked unavailable."""
+    args = _args(demo_coco, tmp_path, tiny_models, "--num-examples", "4")
+    args[args.index("--clip-model-id") + 1] = "no-such-org/no-such-clip"
+    done = subprocess.run([sys.executable, "-m", "src.eval.evaluate_coco", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    notice = done.stderr.index("CLIPScore will be left out: could not load "
+                               "'no-such-org/no-such-clip'")
+    assert notice < done.stderr.index("to go on 1 process(es)")  # before any captioning
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["n_images"] == 4
+    assert {"bleu4", "rougeL", "cider"} <= metrics.keys()
+    assert metrics["clipscore"] is None and metrics["refclipscore"] is None
+    assert "no-such-org/no-such-clip" in metrics["clipscore_unavailable"]
+    lines = [line.split() for line in done.stdout.splitlines()]
+    assert lines[0] == ["BLEU-4", f"{metrics['bleu4']:.4f}"]
+    assert lines[1] == ["CIDEr", f"{metrics['cider']:.4f}"]
+    assert ["CLIPScore", "unavailable"] in lines

@@ -52,13 +52,16 @@ def main(argv: list[str] | None = None) -> None:
     from src.augment.steps.clip_score import run_clip_score
     from src.augment.steps.detect import run_detect
     from src.augment.steps.phrases import run_phrases
+    from src.preflight import require_models, require_paths
 
+    captions_path = args.coco_root / "annotations" / f"captions_{args.split}2017.json"
+    require_paths(captions_path)  # and both models, before the phrases and the detector run
+    require_models(params.detector_id, params.clip_model_id)
     work = args.out.parent / f"{args.out.stem}_work"
     atomic_write_text(work / "params.yaml",
                       yaml.safe_dump(dataclasses.asdict(params), sort_keys=False))
 
-    run_phrases(params, args.coco_root / "annotations" / f"captions_{args.split}2017.json",
-                work / "captions.parquet", work / "phrases.parquet")
+    run_phrases(params, captions_path, work / "captions.parquet", work / "phrases.parquet")
     run_detect(params, work / "phrases.parquet", args.coco_root, work / "detect_shards",
                work / "detections.parquet", args.device)
     run_clip_score(params, work / "detections.parquet", args.coco_root,

@@ -25,7 +25,8 @@ LABELS = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLE
 def format_table(metrics: dict[str, float | int]) -> str:
     """BLEU-4 and CIDEr first, then the other scores, then the counts."""
     order = ["bleu4", "cider", *(k for k in LABELS if k not in ("bleu4", "cider"))]
-    lines = [f"{LABELS[k]:<14}{metrics[k]:>9.4f}" for k in order if k in metrics]
+    lines = [f"{LABELS[k]:<14}{metrics[k]:>9.4f}" if metrics[k] is not None
+             else f"{LABELS[k]:<14}unavailable" for k in order if k in metrics]
     lines += [f"{k:<14}{metrics[k]:>9d}" for k in ("n_images", "n_empty", "skipped")]
     return "\n".join(lines)
 

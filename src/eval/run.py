@@ -26,7 +26,7 @@ from src.eval.clipscore import score_images
 from src.eval.dataset import EvalImage
 from src.eval.gallery import GalleryRow, render_gallery, render_notice
 from src.eval.generate import CaptionSettings, generate_predictions
-from src.eval.metrics import score_captions
+from src.eval.metrics import find_java_bin_dir, score_captions
 from src.eval.prediction_log import (
     Prediction,
     PredictionLog,
@@ -37,6 +37,7 @@ from src.eval.prediction_log import (
 from src.models.clip import load_clip
 from src.models.device_policy import llava_dtype, resolve_device
 from src.params import Params
+from src.preflight import model_problem, require_models, require_paths
 
 logger = logging.getLogger(__name__)
 
@@ -152,13 +153,15 @@ def _metrics(corpus: Mapping[str, float], clip: Mapping[int, tuple[float, float]
 
 
 def score(captions: Mapping[int, str], references: Mapping[int, Sequence[str]],
-          items: Sequence[EvalImage], *, clip_model_id: str, meteor: bool, num_workers: int,
+          items: Sequence[EvalImage], *, clip_model_id: str | None, meteor: bool,
+          num_workers: int,
           device: torch.device, skips: Counter | None = None,
           ) -> tuple[dict[str, float | int], list[dict]]:
     """Corpus metrics (with `skips` counted in) and per-image rows for `captions`.
 
-    `items` give the image files for CLIPScore. Never fails on ids without references,
-    empty captions (both counted) or nothing left to score (metrics without scores).
+    `items` give the image files for CLIPScore; without `clip_model_id` it is left out.
+    Never fails on ids without references, empty captions (both counted) or nothing left
+    to score (metrics without scores).
     """
     skips = Counter() if skips is None else Counter(skips)
     referenced = {i for i, refs in references.items() if refs}
@@ -169,9 +172,11 @@ def score(captions: Mapping[int, str], references: Mapping[int, Sequence[str]],
     scores = score_captions(captions, references, meteor=meteor)
     paths = {item.image_id: item.path for item in items}
     scored_items = [item for item in items if item.image_id in scores.per_image]
-    clip_model, clip_processor = load_clip(clip_model_id, device)
-    clip = score_images(clip_model, clip_processor, scored_items, captions, references,
-                        batch_size=CLIP_BATCH_SIZE, num_workers=num_workers)
+    clip = {}
+    if clip_model_id is not None:
+        clip_model, clip_processor = load_clip(clip_model_id, device)
+        clip = score_images(clip_model, clip_processor, scored_items, captions, references,
+                            batch_size=CLIP_BATCH_SIZE, num_workers=num_workers)
     nan = (float("nan"), float("nan"))
     rows = [{"image_id": i, "file_name": paths[i].name if i in paths else "",
              "caption": captions[i], **scores.per_image[i],
@@ -216,7 +221,19 @@ def write_outputs(outputs: EvalOutputs, metrics: Mapping[str, float | int],
 
 def evaluate(config: EvalConfig, outputs: EvalOutputs,
              state: PartialState) -> dict[str, float | int] | None:
-    """The whole evaluation; returns the metrics on the main process, None on the others."""
+    """The whole evaluation; returns the metrics on the main process, None on the others.
+
+    Before any captioning it checks the inputs, the captioner and Java (pycocoevalcap), and
+    fails at once when one is missing. An unloadable CLIP only leaves CLIPScore out:
+    metrics.json then holds `clipscore: null` and the reason in `clipscore_unavailable`.
+    """
+    require_paths(config.ann_path, config.images_dir,
+                  *([config.adapter_dir] if config.adapter_dir is not None else []))
+    require_models(config.model_id)
+    find_java_bin_dir()
+    clip_problem = model_problem(config.clip_model_id)
+    if clip_problem is not None and state.is_main_process:
+        logger.warning("CLIPScore will be left out: %s", clip_problem)
     caption_set = load_captions(config.ann_path)
     items, n_no_refs = eval_images(caption_set, config.images_dir, config.num_examples,
                                    config.seed)
@@ -227,9 +244,12 @@ def evaluate(config: EvalConfig, outputs: EvalOutputs,
     skips.update(p.skip for p in finished.values() if p.skip is not None)
     captions = {i: p.caption for i, p in finished.items() if p.caption is not None}
     references = {i: [c.caption for c in caps] for i, caps in caption_set.by_image().items()}
-    metrics, rows = score(captions, references, items, clip_model_id=config.clip_model_id,
+    metrics, rows = score(captions, references, items,
+                          clip_model_id=None if clip_problem else config.clip_model_id,
                           meteor=config.meteor, num_workers=config.num_workers,
                           device=state.device, skips=skips)
+    if clip_problem is not None:
+        metrics.update(clipscore=None, refclipscore=None, clipscore_unavailable=clip_problem)
     gallery = _gallery(rows, items, references, config.gallery_images)
     write_outputs(outputs, metrics, captions, rows, gallery)
     remove_logs(outputs.log_prefix)
@@ -238,9 +258,11 @@ def evaluate(config: EvalConfig, outputs: EvalOutputs,
 
 def summary(metrics: Mapping[str, float | int]) -> str:
     """One line: the headline scores and what was skipped, by reason."""
-    scores = ", ".join(f"{k} {metrics[k]:.4f}" for k in SCORE_KEYS if k in metrics)
+    scores = ", ".join(f"{k} {metrics[k]:.4f}" for k in SCORE_KEYS
+                       if metrics.get(k) is not None)
     reasons = ", ".join(f"{metrics[f'skipped_{k}']} {k}" for k in SKIP_KEYS
                         if f"skipped_{k}" in metrics)
     return (f"scored {metrics['n_images']} images ({metrics['n_empty']} empty captions): "
             f"{scores or 'no scores'}; skipped {metrics['skipped']}"
-            f"{f' ({reasons})' if reasons else ''}")
+            f"{f' ({reasons})' if reasons else ''}"
+            f"{'; CLIPScore unavailable' if 'clipscore_unavailable' in metrics else ''}")

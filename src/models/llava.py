@@ -100,7 +100,8 @@ def quantization_config() -> BitsAndBytesConfig:
     )
 
 
-def _check_bitsandbytes() -> None:
+def check_4bit_support() -> None:
+    """RuntimeError saying what to do when bitsandbytes cannot quantise to nf4 here."""
     if importlib.util.find_spec("bitsandbytes") is None:
         raise RuntimeError(
             "load_in_4bit needs bitsandbytes: `pip install bitsandbytes`, "
@@ -175,7 +176,7 @@ def load_llava(
     if device_map is not None:
         kwargs["device_map"] = device_map
     if load_in_4bit:
-        _check_bitsandbytes()
+        check_4bit_support()
         kwargs["quantization_config"] = quantization_config()
     model = load_pretrained(LlavaForConditionalGeneration.from_pretrained, id_or_dir, **kwargs)
     resize_vision_positions(model, image_size)

@@ -28,8 +28,15 @@ from transformers import ProcessorMixin, get_cosine_schedule_with_warmup
 from src.data.atomic import atomic_write_json
 from src.data.jsonl import read_examples
 from src.models.device_policy import llava_dtype, mixed_precision, resolve_device
-from src.models.llava import IGNORE_INDEX, image_token_count, load_llava, load_processor
+from src.models.llava import (
+    IGNORE_INDEX,
+    check_4bit_support,
+    image_token_count,
+    load_llava,
+    load_processor,
+)
 from src.params import Params, TrainParams
+from src.preflight import require_models, require_paths
 from src.train.checkpoint import (
     TrainerState,
     fingerprint,
@@ -194,7 +201,15 @@ def _banner(config: FinetuneConfig, data: _Data, processor: ProcessorMixin, num_
 
 def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
              show_progress: bool = True) -> dict[str, object]:
-    """Train (or resume) and write the adapter dir and metrics; returns the metrics."""
+    """Train (or resume) and write the adapter dir and metrics; returns the metrics.
+
+    Inputs, the base model and 4-bit support are checked first: encoding the data takes
+    minutes on a full JSONL, and none of it should run for a model that cannot load.
+    """
+    require_paths(paths.train_file, paths.image_root, paths.val_ann, paths.val_images)
+    require_models(config.model_id)
+    if config.load_in_4bit:
+        check_4bit_support()
     accelerator = Accelerator(
         gradient_accumulation_steps=config.grad_accum,
         mixed_precision=mixed_precision(resolve_device()),
