@@ -29,3 +29,11 @@ def test_table_puts_base_next_to_fine_tuned() -> None:
     assert "| bleu4 | 0 | 0.2500 |" not in table and "| bleu4 | 0.0000 | 0.2500 |" in table
     assert "training: loss 1.5000, steps 300" in table
     assert "augmentation" not in table
+
+
+def test_unavailable_clipscore_shows_a_dash() -> None:
+    """metrics.json holds `clipscore: null` when CLIP could not be loaded."""
+    metrics = {"metrics/metrics.json": {"cider": 2.5, "clipscore": None,
+                                        "clipscore_unavailable": "could not load 'x'"},
+               "metrics/baseline.json": {"cider": 0.01, "clipscore": 0.5}}
+    assert "| clipscore | 0.5000 | – |" in render("demo", metrics)
