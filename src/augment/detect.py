@@ -24,11 +24,10 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from transformers import ProcessorMixin
 from transformers.image_transforms import get_size_with_aspect_ratio
 
-from src.augment.skips import Skipped
 from src.augment.spans import (
     Prompt,
     build_prompt,
@@ -36,8 +35,8 @@ from src.augment.spans import (
     query_text,
     split_into_passes,
 )
-from src.data.coco import resolve_image_path
-from src.data.images import ImageSkip, load_rgb
+from src.data.images import ImageDataset
+from src.data.skips import Skip
 
 logger = logging.getLogger(__name__)
 
@@ -109,27 +108,11 @@ class DetectBatch:
     inputs: dict[str, torch.Tensor]
     phrase_tokens: torch.Tensor  # (entries, most phrases, text length): the phrase's tokens
     image_indices: list[int]
-    skipped: list[Skipped] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)  # items are image indices
 
     def pin_memory(self) -> DetectBatch:
         self.inputs = {k: v.pin_memory() for k, v in self.inputs.items()}
         return self
-
-
-class _ImageDataset(Dataset):
-    def __init__(self, images: Sequence[ImageQueries], image_dir: Path) -> None:
-        self.images = images
-        self.image_dir = image_dir
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[int, Image.Image | Skipped]:
-        path = resolve_image_path(self.image_dir, self.images[index].file_name)
-        try:
-            return index, load_rgb(path)
-        except ImageSkip as skip:
-            return index, Skipped.from_skip(index, skip)
 
 
 class _Collate:
@@ -141,12 +124,12 @@ class _Collate:
         self.processor = processor
         self.max_text_len = max_text_len
 
-    def __call__(self, samples: list[tuple[int, Image.Image | Skipped]]) -> DetectBatch:
+    def __call__(self, samples: list[tuple[int, Image.Image | Skip]]) -> DetectBatch:
         batch = DetectBatch([], [], {}, torch.zeros(0, 0, 0, dtype=torch.bool),
                             [index for index, _ in samples])
         pictures, texts = [], []
         for index, loaded in samples:
-            if isinstance(loaded, Skipped):
+            if isinstance(loaded, Skip):
                 batch.skipped.append(loaded)
                 continue
             for query_index, query in enumerate(self.images[index].queries):
@@ -208,7 +191,9 @@ def detection_loader(images: Sequence[ImageQueries], batches: list[list[int]], i
                      processor: ProcessorMixin, max_text_len: int, num_workers: int,
                      pin_memory: bool = False) -> DataLoader:
     """Decoding and preprocessing of `batches` (lists of image indices) in worker processes."""
-    return DataLoader(_ImageDataset(images, image_dir), batch_sampler=batches,
+    dataset = ImageDataset([(index, image.file_name) for index, image in enumerate(images)],
+                           image_dir)
+    return DataLoader(dataset, batch_sampler=batches,
                       collate_fn=_Collate(images, processor, max_text_len),
                       num_workers=num_workers, pin_memory=pin_memory,
                       prefetch_factor=4 if num_workers else None)
@@ -301,7 +286,7 @@ def detections_frame(parts: Sequence[dict[str, np.ndarray]]) -> pd.DataFrame:
 class BatchResult:
     image_indices: list[int]
     columns: dict[str, np.ndarray] | None  # None when no image of the batch could be read
-    skipped: list[Skipped]
+    skipped: list[Skip]
 
 
 def iter_detections(model: torch.nn.Module, images: Sequence[ImageQueries],

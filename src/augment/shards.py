@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,8 @@ from src.augment.detect import (
     image_batches,
     iter_detections,
 )
-from src.augment.skips import merge_skips
 from src.augment.tables import read_metadata, read_table, write_table
-from src.data.images import ImageSkip
+from src.data.skips import Skip, SkipCounter
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +79,10 @@ def _write_shard(path: Path, images: Sequence[ImageQueries], shard: Sequence[int
     skipped = [s for r in results for s in r.skipped]
     found = set(frame["image_id"].tolist())
     loaded = [images[i] for i in shard if i not in {s.item for s in skipped}]
-    skips: dict[str, list[int]] = {}
-    for skip in skipped:
-        skips.setdefault(skip.reason, []).append(images[skip.item].image_id)
+    skips = SkipCounter.of(replace(s, item=images[s.item].image_id) for s in skipped)
     stats = {"images": len(shard), "queries": sum(len(i.queries) for i in loaded),
              "images_no_detections": sum(i.image_id not in found for i in loaded),
-             "candidates": len(frame), "skipped": merge_skips(skips)}
+             "candidates": len(frame), "skipped": skips.as_dict()}
     write_table(frame, path, {"manifest": manifest, "stats": stats})
 
 
@@ -93,7 +91,7 @@ def detect_shards(model: torch.nn.Module, processor: ProcessorMixin,
                   todo: Sequence[int], manifests: Sequence[dict[str, Any]], shards_dir: Path,
                   image_dir: Path, *, floor_score: float, batch_size: int, num_workers: int,
                   max_text_len: int, autocast_dtype: torch.dtype | None = None,
-                  on_skip: Callable[[ImageSkip], None] | None = None,
+                  on_skip: Callable[[Skip], None] | None = None,
                   on_images: Callable[[int], None] | None = None) -> None:
     """Detect the shards listed in `todo` (one DataLoader for all), writing each when done.
 
@@ -113,7 +111,7 @@ def detect_shards(model: torch.nn.Module, processor: ProcessorMixin,
         remaining[shard] -= len(result.image_indices)
         for skip in result.skipped:
             if on_skip:
-                on_skip(skip.as_image_skip())
+                on_skip(skip)
         if on_images:
             on_images(len(result.image_indices))
         if remaining[shard] == 0:
@@ -124,7 +122,7 @@ def detect_shards(model: torch.nn.Module, processor: ProcessorMixin,
 def merge_shards(shards_dir: Path,
                  manifests: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """All shards' rows in shard order, and their summed counts; every shard must be finished."""
-    frames, totals, skips = [], dict.fromkeys(STAT_COUNTS, 0), []
+    frames, totals, skips = [], dict.fromkeys(STAT_COUNTS, 0), SkipCounter()
     for index, manifest in enumerate(manifests):
         path = shard_path(shards_dir, index)
         if not is_finished(path, manifest):
@@ -133,9 +131,9 @@ def merge_shards(shards_dir: Path,
         frames.append(frame)
         for key in STAT_COUNTS:
             totals[key] += metadata["stats"][key]
-        skips.append(metadata["stats"]["skipped"])
+        skips.update(SkipCounter(metadata["stats"]["skipped"]))
     frame = pd.concat(frames, ignore_index=True) if frames else detections_frame([])
-    return frame, {**totals, "skipped": merge_skips(*skips)}
+    return frame, {**totals, "skipped": skips.as_dict()}
 
 
 def remove_stray_shards(shards_dir: Path, num_shards: int) -> list[Path]:

@@ -27,7 +27,7 @@ from src.augment.shards import (
     split_shards,
 )
 from src.augment.tables import write_table
-from src.data.images import SkipCounter
+from src.data.skips import SkipCounter
 from src.models.hub import load_pretrained
 from src.params import Params
 
@@ -79,7 +79,7 @@ def run_detect(params: Params, phrases_path: Path, coco_root: Path, shards_dir: 
     remove_stray_shards(shards_dir, len(shards))
     stats |= {"phrases": plan.num_phrases, "phrases_too_long": len(plan.too_long)}
     write_table(frame, out, {"detect": stats})
-    skipped = SkipCounter({reason: len(ids) for reason, ids in stats["skipped"].items()})
+    skipped = SkipCounter(stats["skipped"])
     logger.info("%d candidates from %d images (%d queries, %d with no candidate), %s, "
                 "%d phrases too long", len(frame), stats["images"], stats["queries"],
                 stats["images_no_detections"], skipped.summary(), stats["phrases_too_long"])
