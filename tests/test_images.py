@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from torch.utils.data import DataLoader
 
 from src.data.images import ImageDataset, ImageSkip, crop_box, load_rgb, read_image

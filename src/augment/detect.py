@@ -16,8 +16,8 @@ of one canvas, so the rows do not depend on batch size, shard size or process co
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ from src.augment.spans import (
     split_into_passes,
 )
 from src.data.images import ImageDataset
-from src.data.skips import Skip
+from src.data.skips import Skip, SkipCounter
 
 logger = logging.getLogger(__name__)
 
@@ -300,3 +300,40 @@ def iter_detections(model: torch.nn.Module, images: Sequence[ImageQueries],
                 probs, boxes = forward(model, batch, autocast_dtype)
                 columns = candidates(images, batch, probs, boxes, floor_score)
         yield BatchResult(batch.image_indices, columns, batch.skipped)
+
+
+def detect_shards(model: torch.nn.Module, processor: ProcessorMixin,
+                  images: Sequence[ImageQueries], shards: Sequence[Sequence[int]],
+                  image_dir: Path, *, floor_score: float, batch_size: int, num_workers: int,
+                  max_text_len: int, autocast_dtype: torch.dtype | None = None,
+                  on_skip: Callable[[Skip], None] | None = None,
+                  on_images: Callable[[int], None] | None = None,
+                  ) -> Iterator[tuple[list[int], pd.DataFrame, SkipCounter]]:
+    """Detect in `shards` (lists of image indices) with one DataLoader; yields each shard's
+    (indices, candidates, skips by image id) as soon as its last batch is done.
+
+    Batches never cross a shard, so every shard's rows are the same whichever process
+    runs it. `on_skip(skip)` and `on_images(count)` report progress.
+    """
+    plan = [(s, batch) for s, shard in enumerate(shards)
+            for batch in image_batches(images, shard, batch_size, processor.image_processor)]
+    loader = detection_loader(images, [batch for _, batch in plan], image_dir, processor,
+                              max_text_len, num_workers,
+                              pin_memory=model.device.type == "cuda")
+    remaining = [len(shard) for shard in shards]
+    results: dict[int, list[BatchResult]] = {s: [] for s in range(len(shards))}
+    for (shard, _), result in zip(plan, iter_detections(model, images, loader, floor_score,
+                                                        autocast_dtype), strict=True):
+        results[shard].append(result)
+        remaining[shard] -= len(result.image_indices)
+        for skip in result.skipped:
+            if on_skip:
+                on_skip(skip)
+        if on_images:
+            on_images(len(result.image_indices))
+        if remaining[shard] == 0:
+            done = results.pop(shard)
+            frame = detections_frame([r.columns for r in done if r.columns is not None])
+            skips = SkipCounter.of(replace(skip, item=images[skip.item].image_id)
+                                   for r in done for skip in r.skipped)
+            yield list(shards[shard]), frame, skips

@@ -16,11 +16,11 @@ from tqdm import tqdm
 from src.augment.assemble import AssembleConfig, assemble, sweep_csv, threshold_sweep
 from src.augment.gallery import choose_gallery, draw_boxes, grid
 from src.augment.layout import find_image_dir
-from src.augment.tables import read_table
 from src.data.atomic import atomic_path, atomic_write_json, atomic_write_text
 from src.data.images import read_image
 from src.data.jsonl import write_examples
 from src.data.skips import Skip, SkipCounter
+from src.data.tables import read_table
 from src.params import Params
 
 logger = logging.getLogger(__name__)

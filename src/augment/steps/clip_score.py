@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 from src.augment.layout import find_image_dir
 from src.augment.regions import drop_small_boxes, region_caption, score_regions
-from src.augment.tables import read_table, write_table
 from src.data.skips import SkipCounter
+from src.data.tables import read_table, write_table
 from src.models.clip import load_clip
 from src.params import Params
 
