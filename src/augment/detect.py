@@ -36,6 +36,7 @@ from src.augment.spans import (
     split_into_passes,
 )
 from src.data.images import ImageDataset
+from src.data.shard_map import by_shard, shard_batches
 from src.data.skips import Skip, SkipCounter
 
 logger = logging.getLogger(__name__)
@@ -312,28 +313,26 @@ def detect_shards(model: torch.nn.Module, processor: ProcessorMixin,
     """Detect in `shards` (lists of image indices) with one DataLoader; yields each shard's
     (indices, candidates, skips by image id) as soon as its last batch is done.
 
-    Batches never cross a shard, so every shard's rows are the same whichever process
-    runs it. `on_skip(skip)` and `on_images(count)` report progress.
+    `on_skip(skip)` and `on_images(count)` report progress.
     """
-    plan = [(s, batch) for s, shard in enumerate(shards)
-            for batch in image_batches(images, shard, batch_size, processor.image_processor)]
+    plan = shard_batches(shards, lambda shard: image_batches(images, shard, batch_size,
+                                                             processor.image_processor))
     loader = detection_loader(images, [batch for _, batch in plan], image_dir, processor,
                               max_text_len, num_workers,
                               pin_memory=model.device.type == "cuda")
-    remaining = [len(shard) for shard in shards]
-    results: dict[int, list[BatchResult]] = {s: [] for s in range(len(shards))}
-    for (shard, _), result in zip(plan, iter_detections(model, images, loader, floor_score,
-                                                        autocast_dtype), strict=True):
-        results[shard].append(result)
-        remaining[shard] -= len(result.image_indices)
-        for skip in result.skipped:
-            if on_skip:
-                on_skip(skip)
-        if on_images:
-            on_images(len(result.image_indices))
-        if remaining[shard] == 0:
-            done = results.pop(shard)
-            frame = detections_frame([r.columns for r in done if r.columns is not None])
-            skips = SkipCounter.of(replace(skip, item=images[skip.item].image_id)
-                                   for r in done for skip in r.skipped)
-            yield list(shards[shard]), frame, skips
+
+    def reported(results: Iterator[BatchResult]) -> Iterator[BatchResult]:
+        for result in results:
+            for skip in result.skipped:
+                if on_skip:
+                    on_skip(skip)
+            if on_images:
+                on_images(len(result.image_indices))
+            yield result
+
+    results = reported(iter_detections(model, images, loader, floor_score, autocast_dtype))
+    for shard, done in by_shard(plan, results):
+        frame = detections_frame([r.columns for r in done if r.columns is not None])
+        skips = SkipCounter.of(replace(skip, item=images[skip.item].image_id)
+                               for r in done for skip in r.skipped)
+        yield list(shards[shard]), frame, skips

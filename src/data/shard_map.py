@@ -29,9 +29,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 import torch
@@ -134,6 +135,29 @@ def remove_stale_shards(shards_dir: Path, run: str) -> int:
     for path in stale:
         path.unlink()
     return len(stale)
+
+
+def shard_batches(shards: Sequence[Sequence[int]],
+                  split: Callable[[Sequence[int]], list[list[int]]]) -> list[tuple[int, list[int]]]:
+    """(shard index, batch) for every batch of every shard: batches never cross a shard,
+    so a shard's output does not depend on which process or run computed it."""
+    return [(index, batch) for index, shard in enumerate(shards) for batch in split(shard)]
+
+
+R = TypeVar("R")
+
+
+def by_shard(batches: Sequence[tuple[int, Sequence[int]]],
+             results: Iterable[R]) -> Iterator[tuple[int, list[R]]]:
+    """Per-batch `results` (one per entry of `batches`, in order) regrouped by shard:
+    yields (shard index, its batches' results) as soon as the shard's last batch is in."""
+    remaining = Counter(shard for shard, _ in batches)
+    held: dict[int, list[R]] = {}
+    for (shard, _), result in zip(batches, results, strict=True):
+        held.setdefault(shard, []).append(result)
+        remaining[shard] -= 1
+        if remaining[shard] == 0:
+            yield shard, held.pop(shard)
 
 
 Work = Callable[[list[list[int]]], Iterator[tuple[list[int], pd.DataFrame, SkipCounter]]]
