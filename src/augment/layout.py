@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from src.data.coco import resolve_image_path
+from src.data.coco import path_inside
 
 # Enough file names to tell the split folders apart when a few images are missing.
 SAMPLE = 32
@@ -18,11 +18,11 @@ def find_image_dir(coco_root: Path, file_names: Sequence[str]) -> str:
     that escape a folder (`../../etc/passwd`) are never looked up: reading them is a skip.
     """
     coco_root = Path(coco_root)
-    sample = [name for name in file_names[:SAMPLE] if _stays_inside(name)]
+    sample = [name for name in file_names[:SAMPLE] if path_inside(coco_root, name)]
     if not sample:
         return ""
     folders = sorted(p for p in coco_root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    hits = {folder.name: sum(resolve_image_path(folder, name).is_file() for name in sample)
+    hits = {folder.name: sum(path_inside(folder, name).is_file() for name in sample)
             for folder in folders}
     best = max(hits, key=lambda name: (hits[name], name), default=None)
     if best is None or hits[best] == 0:
@@ -30,10 +30,3 @@ def find_image_dir(coco_root: Path, file_names: Sequence[str]) -> str:
                                 "of the table (expected e.g. train2017/)")
     return best
 
-
-def _stays_inside(file_name: str) -> bool:
-    try:
-        resolve_image_path(Path("."), file_name)
-    except ValueError:
-        return False
-    return True
