@@ -27,6 +27,7 @@ from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
 from bench.timing import seconds
 from src.augment.detect import (
+    detect_shards,
     detection_loader,
     forward,
     image_batches,
@@ -34,7 +35,7 @@ from src.augment.detect import (
 )
 from src.augment.layout import find_image_dir
 from src.augment.regions import crop_batches, crop_loader, drop_small_boxes, score_regions
-from src.augment.shards import detect_shards, merge_shards, shard_manifest, split_shards
+from src.data.shard_map import write_shard
 from src.models.clip import load_clip, paired_cosine_pixels
 from src.models.device_policy import detector_autocast_dtype
 from src.models.hub import load_pretrained
@@ -61,9 +62,8 @@ def bench_detect(model_dir: Path, plan_images: list, image_dir: Path, device: to
                             model_dir).eval().to(device)
     dtype = detector_autocast_dtype(device)
     max_text_len = model.config.max_text_len
-    shards = split_shards(len(plan_images), 256)
-    manifests = [shard_manifest({"bench": batch_size}, [plan_images[i] for i in s])
-                 for s in shards]
+    shards = [list(range(start, min(start + 256, len(plan_images))))
+              for start in range(0, len(plan_images), 256)]
     batches = [b for s in shards for b in image_batches(plan_images, s, batch_size,
                                                         processor.image_processor)]
     prepared = list(detection_loader(plan_images, batches, image_dir, processor, max_text_len,
@@ -71,11 +71,18 @@ def bench_detect(model_dir: Path, plan_images: list, image_dir: Path, device: to
     with torch.inference_mode():
         forward(model, prepared[0], dtype)  # warm-up: kernels, allocator, autotuning
 
-    shards_dir = work / f"shards-{batch_size}"
-    loop_s = seconds(lambda: detect_shards(
-        model, processor, plan_images, shards, range(len(shards)), manifests, shards_dir,
-        image_dir, floor_score=floor, batch_size=batch_size, num_workers=num_workers,
-        max_text_len=max_text_len, autocast_dtype=dtype), device)
+    frames: list[pd.DataFrame] = []
+
+    def loop() -> None:
+        for shard, frame, skips in detect_shards(
+                model, processor, plan_images, shards, image_dir, floor_score=floor,
+                batch_size=batch_size, num_workers=num_workers, max_text_len=max_text_len,
+                autocast_dtype=dtype):
+            write_shard(work / f"shards-{batch_size}", "bench",
+                        [(plan_images[i].image_id, "") for i in shard], frame, skips)
+            frames.append(frame)
+
+    loop_s = seconds(loop, device)
 
     def forwards() -> None:
         with torch.inference_mode():
@@ -83,7 +90,7 @@ def bench_detect(model_dir: Path, plan_images: list, image_dir: Path, device: to
                 forward(model, batch, dtype)
 
     forward_s = seconds(forwards, device)
-    frame, _ = merge_shards(shards_dir, manifests)
+    frame = pd.concat(frames, ignore_index=True)
     return {"stage": "detect", "batch": batch_size, "items": len(plan_images),
             "unit": "images", "loop_s": loop_s, "forward_s": forward_s,
             "note": f"{len(frame) / len(plan_images):.0f} candidates/image"}, frame
@@ -94,12 +101,12 @@ def bench_clip(model_dir: Path, regions: pd.DataFrame, image_dir: Path, device: 
     model, processor = load_clip(str(model_dir), device,
                                  torch.float16 if device.type == "cuda" else torch.float32)
     prepared = list(crop_batches(crop_loader(regions, image_dir, processor, 0.1, 0), batch_size,
-                                 on_skip=lambda skip, rows: None))
+                                 on_skip=lambda skip: None))
     captions = regions["caption"].tolist()
     paired_cosine_pixels(model, processor, prepared[0][1], [captions[i] for i in prepared[0][0]])
     loop_s = seconds(lambda: score_regions(model, processor, regions, image_dir, pad_frac=0.1,
                                          batch_size=batch_size, num_workers=num_workers,
-                                         on_skip=lambda skip, rows: None), device)
+                                         on_skip=lambda skip: None), device)
 
     def forwards() -> None:
         for rows, pixels in prepared:

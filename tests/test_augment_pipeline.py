@@ -17,12 +17,12 @@ import torch
 import yaml
 from transformers import GroundingDinoForObjectDetection
 
-from src.augment import shards
 from src.augment.detect import DETECTION_COLUMNS
-from src.augment.tables import read_table
+from src.data import shard_map
 from src.data.coco import resolve_image_path
 from src.data.images import crop_box, load_rgb
 from src.data.jsonl import read_examples
+from src.data.tables import read_table
 from src.models.clip import load_clip, paired_cosine
 from stages import assemble, clip_score, detect, phrases
 
@@ -149,7 +149,7 @@ def test_long_prompts_run_in_several_passes(work: Path, demo_coco: Path,
 
 
 FORWARD = GroundingDinoForObjectDetection.forward
-WRITE_SHARD = shards._write_shard
+WRITE_SHARD = shard_map.write_shard
 
 
 def _count_forwards(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -166,13 +166,13 @@ def _count_forwards(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def _kill_after_shards(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
     written: list[Path] = []
 
-    def write_then_die(path: Path, *args, **kwargs) -> None:
-        WRITE_SHARD(path, *args, **kwargs)
-        written.append(path)
+    def write_then_die(*args, **kwargs) -> Path:
+        written.append(WRITE_SHARD(*args, **kwargs))
         if len(written) == count:
             raise KeyboardInterrupt("simulated kill")
+        return written[-1]
 
-    monkeypatch.setattr(shards, "_write_shard", write_then_die)
+    monkeypatch.setattr(shard_map, "write_shard", write_then_die)
 
 
 def test_resume_keeps_finished_shards(work: Path, demo_coco: Path, tiny_models: dict[str, Path],
@@ -188,15 +188,22 @@ def test_resume_keeps_finished_shards(work: Path, demo_coco: Path, tiny_models: 
     _kill_after_shards(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         run_detect(demo_coco, work, params, "resume", subset)
-    assert sorted(p.name for p in (work / "resume_shards").glob("shard-*.parquet")) == [
-        "shard-00000.parquet", "shard-00001.parquet"]
-    monkeypatch.setattr(shards, "_write_shard", WRITE_SHARD)
+    assert len(list((work / "resume_shards").glob("shard-*.parquet"))) == 2
+    monkeypatch.setattr(shard_map, "write_shard", WRITE_SHARD)
     second = _count_forwards(monkeypatch)
     resumed = run_detect(demo_coco, work, params, "resume", subset)
     assert 0 < len(second) < len(full)
     assert len(first) + len(second) == len(full)  # nothing recomputed
     pd.testing.assert_frame_equal(read_table(resumed)[0], read_table(uninterrupted)[0])
     assert read_table(resumed)[1] == read_table(uninterrupted)[1]
+
+    # Execution knobs never invalidate finished work: other shard and batch sizes reuse all.
+    reused = _count_forwards(monkeypatch)
+    run_detect(demo_coco, work, write_params(work / "resume_knobs.yaml", tiny_models, **{
+        "detect.shard_size": 3, "detect.batch_size": 5, "detect.num_workers": 1}), "resume",
+        subset)
+    assert reused == []
+    pd.testing.assert_frame_equal(read_table(resumed)[0], read_table(uninterrupted)[0])
 
     # Shards of another run (here another floor score) are redone, not reused.
     again = _count_forwards(monkeypatch)

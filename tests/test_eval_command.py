@@ -111,7 +111,7 @@ def test_two_processes_give_the_same_predictions(demo_coco: Path, tiny_models: d
             cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
             env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert completed.returncode == 0, completed.stderr[-3000:]
-        assert f"to go on {processes} process(es)" in completed.stderr
+        assert f"on this process of {processes}" in completed.stderr
         assert completed.stdout.count("BLEU-4") == 1  # only the main process scores and prints
     assert _predictions(tmp_path / "procs1") == _predictions(tmp_path / "procs2")
     assert len(_predictions(tmp_path / "procs1")) == 8

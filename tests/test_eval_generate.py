@@ -8,9 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from src.eval.dataset import EvalImage
-from src.eval.generate import CaptionSettings, caption_images, generate_predictions
-from src.eval.prediction_log import Prediction, PredictionLog
+from src.data.images import ImageDataset
+from src.eval.generate import CaptionSettings, caption_images, caption_shards
 from src.models.llava import format_prompt, load_llava, load_processor
 
 PROMPTS = (
@@ -65,24 +64,22 @@ def test_left_padded_batch_equals_batch_size_one(llava: tuple) -> None:
     assert (inputs["attention_mask"][:, -1] == 1).all()
 
 
-def test_generate_predictions_logs_captions_and_skips(llava: tuple, tmp_path: Path) -> None:
+def test_caption_shards_yield_captions_and_skips_per_shard(llava: tuple, tmp_path: Path) -> None:
     model, processor = llava
     settings = CaptionSettings(PROMPTS[0], max_new_tokens=6)
-    paths = []
     for index, image in enumerate(_images()):
-        paths.append(tmp_path / f"{index}.png")
-        image.save(paths[-1])
+        image.save(tmp_path / f"{index}.png")
     (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    items = [EvalImage(i, p) for i, p in enumerate(paths)]
-    items += [EvalImage(10, tmp_path / "missing.jpg"), EvalImage(11, tmp_path / "corrupt.jpg")]
-    log = PredictionLog(tmp_path / "preds", key="k")
+    images = ImageDataset([*((i, f"{i}.png") for i in range(4)), (10, "missing.jpg"),
+                           (11, "corrupt.jpg"), (12, "../0.png")], tmp_path)
 
-    generate_predictions(model, processor, items, settings, log, batch_size=3, num_workers=1,
-                         progress=False)
+    shards = list(caption_shards(model, processor, images, [[0, 4, 1], [5, 2, 3, 6]], settings,
+                                 batch_size=2, num_workers=1, progress=False))
 
     expected = caption_images(model, processor, _images(), [PROMPTS[0]] * 4, settings)
-    assert log.load() == {
-        **{i: Prediction(i, caption=caption) for i, caption in enumerate(expected)},
-        10: Prediction(10, skip="missing"),
-        11: Prediction(11, skip="not_an_image"),
-    }
+    assert [shard for shard, _, _ in shards] == [[0, 4, 1], [5, 2, 3, 6]]
+    assert [frame.to_dict("list") for _, frame, _ in shards] == [
+        {"image_id": [0, 1], "caption": [expected[0], expected[1]]},
+        {"image_id": [2, 3], "caption": [expected[2], expected[3]]}]
+    assert [skips.as_dict() for _, _, skips in shards] == [
+        {"missing": [10]}, {"not_an_image": [11], "path_escape": [12]}]

@@ -18,6 +18,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 from transformers import LlavaForConditionalGeneration
 
+from src.data.images import ImageDataset
 from src.eval.metrics import java_on_path
 from src.eval.run import score
 from stages import evaluate as evaluate_stage
@@ -91,7 +92,7 @@ def test_metrics_equal_pycocoevalcap_on_the_written_predictions(
     assert mean_clip == pytest.approx(metrics["clipscore"])
     with Image.open(tmp_path / "out/plots/gallery.png") as gallery:
         assert gallery.width > 400 and gallery.height > 2 * 192
-    assert not list((tmp_path / "out").glob(".predictions.json.partial*"))  # logs cleaned up
+    assert not list((tmp_path / "out").glob(".predictions.json.*"))  # shards cleaned up
 
 
 def test_missing_corrupt_and_unreferenced_images_are_counted(
@@ -175,15 +176,16 @@ def test_unknown_ids_and_empty_captions_do_not_crash(demo_coco: Path,
                                                      tiny_models: dict[str, Path]) -> None:
     references = {1: ["a red circle.", "a small red circle"], 2: ["a blue square."]}
     metrics, rows = score({1: "", 2: "a blue square", 77: "an image nobody knows"}, references,
-                          [], clip_model_id=str(tiny_models["clip"]), meteor=False,
-                          num_workers=0, device=torch.device("cpu"))
+                          ImageDataset([], Path(".")), clip_model_id=str(tiny_models["clip"]),
+                          meteor=False, num_workers=0, device=torch.device("cpu"))
     assert metrics["n_images"] == 2 and metrics["n_empty"] == 1
     assert metrics["skipped_no_refs"] == 1 and metrics["skipped"] == 1
     assert "skipped_missing" not in metrics  # only reasons that occurred
     assert [row["image_id"] for row in rows] == [1, 2]
     assert rows[0]["cider"] == 0.0 and rows[1]["bleu1"] > 0.99
 
-    nothing, rows = score({77: "x"}, references, [], clip_model_id=str(tiny_models["clip"]),
+    nothing, rows = score({77: "x"}, references, ImageDataset([], Path(".")),
+                          clip_model_id=str(tiny_models["clip"]),
                           meteor=False, num_workers=0, device=torch.device("cpu"))
     assert nothing["n_images"] == 0 and nothing["skipped_no_refs"] == 1 and rows == []
     assert "bleu4" not in nothing

@@ -1,4 +1,4 @@
-"""Every bad-input case of the image loader becomes a counted skip with a reason."""
+"""Every bad-input case of the image reader becomes a counted skip with a reason."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from torch.utils.data import DataLoader
 
-from src.data.images import ImageSkip, SkipCounter, crop_box, load_rgb
+from src.data.images import ImageDataset, ImageSkip, crop_box, load_rgb, read_image
+from src.data.skips import Skip, SkipCounter
 
 
 def _save(image: Image.Image, path: Path, fmt: str, **kwargs) -> Path:
@@ -79,20 +81,46 @@ def test_decompression_bomb_is_a_skip(tmp_path: Path, monkeypatch: pytest.Monkey
     assert caught.value.reason == "decompression_bomb"
 
 
-def test_skip_counter_counts_by_reason(tmp_path: Path) -> None:
-    counter = SkipCounter()
-    for name in ("a.jpg", "b.jpg"):
-        try:
-            load_rgb(tmp_path / name)
-        except ImageSkip as skip:
-            counter.add(skip)
-    (tmp_path / "c.jpg").write_bytes(b"")
-    try:
-        load_rgb(tmp_path / "c.jpg")
-    except ImageSkip as skip:
-        counter.add(skip)
-    assert dict(counter) == {"missing": 2, "empty": 1}
-    assert counter.summary() == "skipped 3 images (1 empty, 2 missing)"
+def test_paths_outside_the_root_are_skips_never_opened(tmp_path: Path) -> None:
+    root = tmp_path / "root" / "images"
+    root.mkdir(parents=True)
+    (tmp_path / "secret.jpg").write_bytes(_jpeg())  # a readable image just outside the root
+    for relative in ("../../secret.jpg", str(tmp_path / "secret.jpg"), "a\\..\\..\\x.jpg"):
+        skip = read_image(root, 7, relative)
+        assert isinstance(skip, Skip)
+        assert (skip.item, skip.reason, skip.path) == (7, "path_escape", relative)
+
+
+def _first(batch: list) -> tuple:
+    return batch[0]
+
+
+def test_dataset_skips_travel_from_workers_and_count_by_reason(tmp_path: Path) -> None:
+    (tmp_path / "good.jpg").write_bytes(_jpeg())
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    items = [(1, "good.jpg"), (2, "missing.jpg"), (3, "empty.jpg"), (4, "../x.jpg"),
+             (5, "gone.jpg")]
+    loader = DataLoader(ImageDataset(items, tmp_path), batch_size=1, num_workers=2,
+                        collate_fn=_first)
+    counter, images = SkipCounter(), {}
+    for item, loaded in loader:
+        if isinstance(loaded, Skip):
+            counter.add(loaded)
+        else:
+            images[item] = loaded.size
+    assert images == {1: (64, 48)}
+    assert counter.as_dict() == {"empty": [3], "missing": [2, 5], "path_escape": [4]}
+    assert counter.summary() == "skipped 4 images (1 empty, 2 missing, 1 path_escape)"
+
+
+def test_counters_merge_parts_and_the_one_process_gather() -> None:
+    one = SkipCounter.of([Skip(3, "missing"), Skip(1, "truncated")])
+    two = SkipCounter({"missing": [9]})
+    merged = SkipCounter().update(one, two)
+    assert merged.as_dict() == {"missing": [3, 9], "truncated": [1]}
+    assert merged.counts() == {"missing": 2, "truncated": 1} and merged.total() == 3
+    assert merged.gathered().as_dict() == merged.as_dict()
+    assert SkipCounter().summary() == "skipped 0 images"
 
 
 def test_crop_box_pads_and_clamps() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,41 +31,49 @@ def samples(demo_coco: Path, processor, tmp_path_factory: pytest.TempPathFactory
     path = tmp_path_factory.mktemp("jsonl") / "train.jsonl"
     write_demo_jsonl(demo_coco, path)
     examples, _ = read_examples(path)
-    samples, skipped = encode_examples(examples, demo_coco, processor, max_length=128,
-                                       drop_bad_masks=False, skip_bad_paths=False)
-    assert not skipped
+    samples, skipped = encode_examples(examples, processor, max_length=128, drop_bad_masks=False)
+    assert not skipped.counts()
     return samples
 
 
-def test_region_example_is_the_crop_of_its_box(samples, processor) -> None:
+def test_region_example_is_the_crop_of_its_box(samples, processor, demo_coco: Path) -> None:
     region = next(s for s in samples if s.bbox_xyxy is not None)
-    item = CaptionDataset([region], processor)[0]
-    crop = crop_box(load_rgb(region.image_path), region.bbox_xyxy)
+    item = CaptionDataset([region], processor, demo_coco)[0]
+    crop = crop_box(load_rgb(demo_coco / region.image), region.bbox_xyxy)
     expected = processor.image_processor(images=crop, return_tensors="pt")["pixel_values"][0]
     assert item["pixel_values"].shape == (3, 32, 32)
     assert torch.equal(item["pixel_values"], expected)
-    full = next(s for s in samples if s.bbox_xyxy is None and s.image_path == region.image_path)
-    assert not torch.equal(CaptionDataset([full], processor)[0]["pixel_values"], expected)
+    full = next(s for s in samples if s.bbox_xyxy is None and s.image == region.image)
+    assert not torch.equal(CaptionDataset([full], processor, demo_coco)[0]["pixel_values"],
+                           expected)
 
 
-def test_unreadable_images_become_counted_skips(samples, processor, tmp_path: Path) -> None:
-    broken = tmp_path / "broken.jpg"
-    broken.write_bytes(b"not a jpeg")
-    bad = [s.__class__(s.example_id, broken, None, s.input_ids, s.labels) for s in samples[:1]]
-    missing = [s.__class__(s.example_id, tmp_path / "nope.jpg", None, s.input_ids, s.labels)
-               for s in samples[:1]]
-    dataset = CaptionDataset([samples[0], *bad, *missing, samples[1]], processor)
-    batch = Collate(processor.tokenizer.pad_token_id)([dataset[i] for i in range(4)])
-    assert batch["skipped"] == ["not_an_image", "missing"]
-    assert batch["kept"].tolist() == [True, False, False, True]
+def test_unreadable_images_become_counted_skips(samples, processor, demo_coco: Path,
+                                                tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "train2017").mkdir(parents=True)
+    for sample in samples[:2]:
+        (root / sample.image).write_bytes((demo_coco / sample.image).read_bytes())
+    (root / "broken.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "outside.jpg").write_bytes((demo_coco / samples[0].image).read_bytes())
+    first = samples[0]
+    bad = [replace(first, example_id=f"x{i}", image=image, bbox_xyxy=bbox)
+           for i, (image, bbox) in enumerate([("broken.jpg", None), ("nope.jpg", None),
+                                              ("../outside.jpg", None),
+                                              (first.image, (900.0, 900.0, 990.0, 990.0))])]
+    dataset = CaptionDataset([first, *bad, samples[1]], processor, root)
+    batch = Collate(processor.tokenizer.pad_token_id)([dataset[i] for i in range(6)])
+    assert [(s.item, s.reason) for s in batch["skipped"]] == [
+        ("x0", "not_an_image"), ("x1", "missing"), ("x2", "path_escape"), ("x3", "bad_box")]
+    assert batch["kept"].tolist() == [True, False, False, False, False, True]
     assert batch["input_ids"].shape[0] == batch["pixel_values"].shape[0] == 2
     empty = Collate(processor.tokenizer.pad_token_id)([dataset[1]])
-    assert "input_ids" not in empty and empty["skipped"] == ["not_an_image"]
+    assert "input_ids" not in empty and [s.reason for s in empty["skipped"]] == ["not_an_image"]
 
 
-def test_collate_pads_right_with_ignored_labels(samples, processor) -> None:
+def test_collate_pads_right_with_ignored_labels(samples, processor, demo_coco: Path) -> None:
     short, long = sorted(samples[:10], key=lambda s: len(s.input_ids))[::9]
-    dataset = CaptionDataset([short, long], processor)
+    dataset = CaptionDataset([short, long], processor, demo_coco)
     batch = Collate(processor.tokenizer.pad_token_id)([dataset[0], dataset[1]])
     n = len(short.input_ids)
     assert batch["input_ids"][0, :n].tolist() == short.input_ids

@@ -109,15 +109,11 @@ def test_truncation_cuts_only_the_answer(processor) -> None:
     assert error.value.reason == "prompt_too_long"
 
 
-def test_encode_examples_drops_and_counts(processor, tmp_path: Path) -> None:
+def test_encode_examples_drops_and_counts(processor) -> None:
     examples = [Example("ok", "a.jpg", "full", None, PROMPT, CAPTION),
                 Example("long", "b.jpg", "full", None, PROMPT + " the" * 200, CAPTION),
                 Example("escape", "../c.jpg", "full", None, PROMPT, CAPTION)]
-    samples, skipped = encode_examples(examples, tmp_path, processor, max_length=64,
-                                       drop_bad_masks=False, skip_bad_paths=True)
-    assert [s.example_id for s in samples] == ["ok"]
-    assert samples[0].image_path == tmp_path / "a.jpg"
-    assert skipped == {"prompt_too_long": 1, "bad_path": 1}
-    with pytest.raises(ValueError, match="escape"):
-        encode_examples(examples, tmp_path, processor, max_length=64, drop_bad_masks=False,
-                        skip_bad_paths=False)
+    samples, skipped = encode_examples(examples, processor, max_length=64, drop_bad_masks=False)
+    assert [s.example_id for s in samples] == ["ok", "escape"]  # a path is checked when read
+    assert samples[0].image == "a.jpg"
+    assert skipped.as_dict() == {"prompt_too_long": ["long"]}

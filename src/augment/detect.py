@@ -16,19 +16,18 @@ of one canvas, so the rows do not depend on batch size, shard size or process co
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from transformers import ProcessorMixin
 from transformers.image_transforms import get_size_with_aspect_ratio
 
-from src.augment.skips import Skipped
 from src.augment.spans import (
     Prompt,
     build_prompt,
@@ -36,8 +35,9 @@ from src.augment.spans import (
     query_text,
     split_into_passes,
 )
-from src.data.coco import resolve_image_path
-from src.data.images import ImageSkip, load_rgb
+from src.data.images import ImageDataset
+from src.data.shard_map import by_shard, shard_batches
+from src.data.skips import Skip, SkipCounter
 
 logger = logging.getLogger(__name__)
 
@@ -109,27 +109,11 @@ class DetectBatch:
     inputs: dict[str, torch.Tensor]
     phrase_tokens: torch.Tensor  # (entries, most phrases, text length): the phrase's tokens
     image_indices: list[int]
-    skipped: list[Skipped] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)  # items are image indices
 
     def pin_memory(self) -> DetectBatch:
         self.inputs = {k: v.pin_memory() for k, v in self.inputs.items()}
         return self
-
-
-class _ImageDataset(Dataset):
-    def __init__(self, images: Sequence[ImageQueries], image_dir: Path) -> None:
-        self.images = images
-        self.image_dir = image_dir
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[int, Image.Image | Skipped]:
-        path = resolve_image_path(self.image_dir, self.images[index].file_name)
-        try:
-            return index, load_rgb(path)
-        except ImageSkip as skip:
-            return index, Skipped.from_skip(index, skip)
 
 
 class _Collate:
@@ -141,12 +125,12 @@ class _Collate:
         self.processor = processor
         self.max_text_len = max_text_len
 
-    def __call__(self, samples: list[tuple[int, Image.Image | Skipped]]) -> DetectBatch:
+    def __call__(self, samples: list[tuple[int, Image.Image | Skip]]) -> DetectBatch:
         batch = DetectBatch([], [], {}, torch.zeros(0, 0, 0, dtype=torch.bool),
                             [index for index, _ in samples])
         pictures, texts = [], []
         for index, loaded in samples:
-            if isinstance(loaded, Skipped):
+            if isinstance(loaded, Skip):
                 batch.skipped.append(loaded)
                 continue
             for query_index, query in enumerate(self.images[index].queries):
@@ -208,7 +192,9 @@ def detection_loader(images: Sequence[ImageQueries], batches: list[list[int]], i
                      processor: ProcessorMixin, max_text_len: int, num_workers: int,
                      pin_memory: bool = False) -> DataLoader:
     """Decoding and preprocessing of `batches` (lists of image indices) in worker processes."""
-    return DataLoader(_ImageDataset(images, image_dir), batch_sampler=batches,
+    dataset = ImageDataset([(index, image.file_name) for index, image in enumerate(images)],
+                           image_dir)
+    return DataLoader(dataset, batch_sampler=batches,
                       collate_fn=_Collate(images, processor, max_text_len),
                       num_workers=num_workers, pin_memory=pin_memory,
                       prefetch_factor=4 if num_workers else None)
@@ -294,7 +280,7 @@ def detections_frame(parts: Sequence[dict[str, np.ndarray]]) -> pd.DataFrame:
 class BatchResult:
     image_indices: list[int]
     columns: dict[str, np.ndarray] | None  # None when no image of the batch could be read
-    skipped: list[Skipped]
+    skipped: list[Skip]
 
 
 def iter_detections(model: torch.nn.Module, images: Sequence[ImageQueries],
@@ -308,3 +294,38 @@ def iter_detections(model: torch.nn.Module, images: Sequence[ImageQueries],
                 probs, boxes = forward(model, batch, autocast_dtype)
                 columns = candidates(images, batch, probs, boxes, floor_score)
         yield BatchResult(batch.image_indices, columns, batch.skipped)
+
+
+def detect_shards(model: torch.nn.Module, processor: ProcessorMixin,
+                  images: Sequence[ImageQueries], shards: Sequence[Sequence[int]],
+                  image_dir: Path, *, floor_score: float, batch_size: int, num_workers: int,
+                  max_text_len: int, autocast_dtype: torch.dtype | None = None,
+                  on_skip: Callable[[Skip], None] | None = None,
+                  on_images: Callable[[int], None] | None = None,
+                  ) -> Iterator[tuple[list[int], pd.DataFrame, SkipCounter]]:
+    """Detect in `shards` (lists of image indices) with one DataLoader; yields each shard's
+    (indices, candidates, skips by image id) as soon as its last batch is done.
+
+    `on_skip(skip)` and `on_images(count)` report progress.
+    """
+    plan = shard_batches(shards, lambda shard: image_batches(images, shard, batch_size,
+                                                             processor.image_processor))
+    loader = detection_loader(images, [batch for _, batch in plan], image_dir, processor,
+                              max_text_len, num_workers,
+                              pin_memory=model.device.type == "cuda")
+
+    def reported(results: Iterator[BatchResult]) -> Iterator[BatchResult]:
+        for result in results:
+            for skip in result.skipped:
+                if on_skip:
+                    on_skip(skip)
+            if on_images:
+                on_images(len(result.image_indices))
+            yield result
+
+    results = reported(iter_detections(model, images, loader, floor_score, autocast_dtype))
+    for shard, done in by_shard(plan, results):
+        frame = detections_frame([r.columns for r in done if r.columns is not None])
+        skips = SkipCounter.of(replace(skip, item=images[skip.item].image_id)
+                               for r in done for skip in r.skipped)
+        yield list(shards[shard]), frame, skips

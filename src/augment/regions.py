@@ -8,19 +8,19 @@ DataLoader workers while the model scores the previous crops.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from PIL import Image
+from torch.utils.data import DataLoader
 from transformers import ProcessorMixin
 
-from src.augment.skips import Skipped
-from src.data.coco import resolve_image_path
-from src.data.images import ImageSkip, crop_box, load_rgb
+from src.data.images import ImageDataset, crop_box
+from src.data.skips import Skip
 from src.models.clip import image_pixels, paired_cosine_pixels
 
 PLACEHOLDER = "{phrase}"
@@ -45,61 +45,53 @@ def drop_small_boxes(detections: pd.DataFrame, min_box_frac: float) -> pd.DataFr
 
 @dataclass(frozen=True)
 class _ImageCrops:
-    file_name: str
     rows: np.ndarray  # positions in the regions table
     boxes_xyxy: np.ndarray
 
 
-class _CropDataset(Dataset):
-    """One item per image: all its crops, decoded once and preprocessed for CLIP."""
+class _Crop:
+    """Runs in the DataLoader workers, once per image: all its crops, preprocessed for CLIP."""
 
-    def __init__(self, items: Sequence[_ImageCrops], image_dir: Path,
-                 processor: ProcessorMixin, pad_frac: float) -> None:
+    def __init__(self, items: Mapping[int, _ImageCrops], processor: ProcessorMixin,
+                 pad_frac: float) -> None:
         self.items = items
-        self.image_dir = image_dir
         self.processor = processor
         self.pad_frac = pad_frac
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, torch.Tensor | Skipped]:
-        item = self.items[index]
-        path = resolve_image_path(self.image_dir, item.file_name)
-        try:
-            image = load_rgb(path)
-        except ImageSkip as skip:
-            return item.rows, Skipped.from_skip(index, skip)
+    def __call__(self, sample: tuple[int, Image.Image | Skip],
+                 ) -> tuple[np.ndarray, torch.Tensor | Skip]:
+        image_id, image = sample
+        item = self.items[image_id]
+        if isinstance(image, Skip):
+            return item.rows, image
         crops = [crop_box(image, tuple(box), self.pad_frac) for box in item.boxes_xyxy.tolist()]
         return item.rows, image_pixels(self.processor, crops)
 
 
-def _as_is(item: object) -> object:
-    return item
-
-
 def crop_loader(regions: pd.DataFrame, image_dir: Path, processor: ProcessorMixin,
                 pad_frac: float, num_workers: int) -> DataLoader:
-    """Per image, in table order: (row positions, pixel values or Skipped)."""
+    """Per image, in table order: (row positions, pixel values or the image's Skip, whose
+    item is its image id)."""
     boxes = regions[BOX_COLUMNS].to_numpy(dtype=np.float64)
-    items = [_ImageCrops(str(group["file_name"].iloc[0]), rows, boxes[rows])
-             for _, group in regions.groupby("image_id", sort=False)
-             for rows in [group.index.to_numpy()]]
-    return DataLoader(_CropDataset(items, image_dir, processor, pad_frac), batch_size=None,
-                      collate_fn=_as_is, num_workers=num_workers,
+    groups = [(int(image_id), str(group["file_name"].iloc[0]), group.index.to_numpy())
+              for image_id, group in regions.groupby("image_id", sort=False)]
+    items = {image_id: _ImageCrops(rows, boxes[rows]) for image_id, _, rows in groups}
+    dataset = ImageDataset([(image_id, file_name) for image_id, file_name, _ in groups], image_dir)
+    return DataLoader(dataset, batch_size=None, collate_fn=_Crop(items, processor, pad_frac),
+                      num_workers=num_workers,
                       prefetch_factor=4 if num_workers else None)
 
 
 def crop_batches(loader: DataLoader, batch_size: int,
-                 on_skip: Callable[[ImageSkip, np.ndarray], None],
+                 on_skip: Callable[[Skip], None],
                  ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """Regroup per-image crops into batches of exactly `batch_size` (the last may be short)."""
     rows: list[np.ndarray] = []
     pixels: list[torch.Tensor] = []
     buffered = 0
     for image_rows, loaded in loader:
-        if isinstance(loaded, Skipped):
-            on_skip(loaded.as_image_skip(), image_rows)
+        if isinstance(loaded, Skip):
+            on_skip(loaded)
             continue
         rows.append(image_rows)
         pixels.append(loaded)
@@ -115,12 +107,12 @@ def crop_batches(loader: DataLoader, batch_size: int,
 
 def score_regions(model: torch.nn.Module, processor: ProcessorMixin, regions: pd.DataFrame,
                   image_dir: Path, *, pad_frac: float, batch_size: int, num_workers: int,
-                  on_skip: Callable[[ImageSkip, np.ndarray], None],
+                  on_skip: Callable[[Skip], None],
                   on_rows: Callable[[int], None] | None = None) -> np.ndarray:
     """cos(crop, caption) of every row of `regions` (NaN where the image could not be read).
 
-    `regions` needs a fresh RangeIndex and a `caption` column; `on_skip(skip, rows)` is
-    told of every unreadable image and the row positions it takes with it.
+    `regions` needs a fresh RangeIndex and a `caption` column; `on_skip(skip)` is told of
+    every unreadable image (the Skip's item is its image id).
     """
     scores = np.full(len(regions), np.nan, dtype=np.float32)
     captions = regions["caption"].tolist()

@@ -111,3 +111,11 @@ def resolve_image_path(image_root: Path, relative: str) -> Path:
     if normal == ".." or normal.startswith(".." + os.sep):
         raise ValueError(f"image path {relative!r} escapes the image root {image_root}")
     return Path(image_root) / normal
+
+
+def path_inside(image_root: Path, relative: str) -> Path | None:
+    """`resolve_image_path`, or None where `relative` would leave the root (never looked at)."""
+    try:
+        return resolve_image_path(image_root, relative)
+    except ValueError:
+        return None

@@ -1,18 +1,25 @@
-"""Robust image loading: any PIL mode to RGB, EXIF orientation applied, bad files become counted skips."""
+"""The one image-reading path: paths resolved under a root, any PIL mode decoded to upright RGB,
+and every unusable file or path a `Skip` record with its reason, never an exception.
+
+Every stage that reads images (detect, clip_score, both galleries, train, evaluate) reads
+them through `ImageDataset` or `read_image`, so they agree on what is skipped and why.
+"""
 
 from __future__ import annotations
 
-import logging
 import warnings
-from collections import Counter
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
 
-logger = logging.getLogger(__name__)
+from src.data.coco import resolve_image_path
+from src.data.skips import Skip
 
-SKIP_REASONS = ("missing", "empty", "not_an_image", "truncated", "decompression_bomb", "unreadable")
+SKIP_REASONS = ("path_escape", "missing", "empty", "not_an_image", "truncated",
+                "decompression_bomb", "unreadable")
 
 
 class ImageSkip(Exception):
@@ -22,6 +29,7 @@ class ImageSkip(Exception):
         super().__init__(f"{path}: {reason}{f' ({detail})' if detail else ''}")
         self.path = path
         self.reason = reason
+        self.detail = detail
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -54,7 +62,7 @@ def load_rgb(path: Path) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageSkip(path, "decompression_bomb", str(error)) from error
     except UnidentifiedImageError as error:
-        raise ImageSkip(path, "not_an_image") from error
+        raise ImageSkip(path, "not_an_image", str(error)) from error
     except OSError as error:
         reason = "truncated" if "truncated" in str(error).lower() else "unreadable"
         raise ImageSkip(path, reason, str(error)) from error
@@ -62,19 +70,39 @@ def load_rgb(path: Path) -> Image.Image:
         raise ImageSkip(path, "unreadable", str(error)) from error
 
 
-class SkipCounter(Counter):
-    """Skipped images by reason; logs each skip once as a warning."""
+def read_image(image_root: Path, item: Hashable, relative: str) -> Image.Image | Skip:
+    """`relative` (a path under `image_root`) decoded to RGB, or the Skip saying why not.
 
-    def add(self, skip: ImageSkip) -> None:
-        logger.warning("skipping image %s", skip)
-        self[skip.reason] += 1
+    A path that leaves the root (`../../etc/passwd`, an absolute path) is a "path_escape"
+    skip and is never opened.
+    """
+    try:
+        path = resolve_image_path(image_root, relative)
+    except ValueError as error:
+        return Skip(item, "path_escape", relative, str(error))
+    try:
+        return load_rgb(path)
+    except ImageSkip as skip:
+        return Skip(item, skip.reason, relative, skip.detail)
 
-    def summary(self) -> str:
-        total = sum(self.values())
-        if not total:
-            return "skipped 0 images"
-        parts = ", ".join(f"{count} {reason}" for reason, count in sorted(self.items()))
-        return f"skipped {total} images ({parts})"
+
+class ImageDataset(Dataset):
+    """(item id, RGB image or Skip) for each (item id, path relative to `image_root`).
+
+    Decoding runs in DataLoader workers; a Skip pickles back to the main process, where
+    a SkipCounter counts it.
+    """
+
+    def __init__(self, items: Sequence[tuple[Hashable, str]], image_root: Path) -> None:
+        self.items = list(items)
+        self.image_root = Path(image_root)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[Hashable, Image.Image | Skip]:
+        item, relative = self.items[index]
+        return item, read_image(self.image_root, item, relative)
 
 
 def crop_box(image: Image.Image, box_xyxy: tuple[float, float, float, float],

@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import CLIPModel, ProcessorMixin
 
-from src.data.images import ImageSkip
-from src.eval.dataset import EvalImage, ImageDataset
+from src.data.images import ImageDataset
+from src.data.skips import Skip
 from src.models.clip import embed_pixels, embed_texts, image_pixels
 
 logger = logging.getLogger(__name__)
@@ -85,22 +85,22 @@ class _Collate:
     def __init__(self, processor: ProcessorMixin) -> None:
         self.processor = processor
 
-    def __call__(self, samples: Sequence[tuple[int, Image.Image | ImageSkip]],
+    def __call__(self, samples: Sequence[tuple[int, Image.Image | Skip]],
                  ) -> tuple[list[int], torch.Tensor | None]:
         good = [(image_id, image) for image_id, image in samples if isinstance(image, Image.Image)]
-        for image_id, image in samples:
-            if isinstance(image, ImageSkip):
-                logger.warning("no CLIPScore for image %d: %s", image_id, image)
+        for _, image in samples:
+            if isinstance(image, Skip):
+                logger.warning("no CLIPScore for image %s", image)
         pixels = image_pixels(self.processor, [image for _, image in good]) if good else None
         return [image_id for image_id, _ in good], pixels
 
 
-def score_images(model: CLIPModel, processor: ProcessorMixin, items: Sequence[EvalImage],
+def score_images(model: CLIPModel, processor: ProcessorMixin, images: ImageDataset,
                  captions: Mapping[int, str], references: Mapping[int, Sequence[str]], *,
                  batch_size: int, num_workers: int,
                  progress: bool = True) -> dict[int, tuple[float, float]]:
     """(CLIP-S, RefCLIP-S) per image id; images that fail to load are left out (logged)."""
-    loader = DataLoader(ImageDataset(items), batch_size=batch_size, num_workers=num_workers,
+    loader = DataLoader(images, batch_size=batch_size, num_workers=num_workers,
                         collate_fn=_Collate(processor))
     scores: dict[int, tuple[float, float]] = {}
     for ids, pixels in tqdm(loader, desc="clipscore", unit="batch", disable=not progress):

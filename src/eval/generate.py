@@ -1,4 +1,4 @@
-"""Batched LLaVA captioning: images decoded in DataLoader workers, left padding, resumable.
+"""Batched LLaVA captioning: images decoded in DataLoader workers, left padding, in shards.
 
 Generation is greedy by default (num_beams 1, no sampling), so a caption depends on the
 model, the image and these settings, not on the batch it ran in: left padding with an
@@ -10,19 +10,20 @@ in bf16 a different batch shape can change rounding and, rarely, a near-tied tok
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
 
-from src.data.images import ImageSkip
-from src.eval.dataset import EvalImage, ImageDataset
-from src.eval.prediction_log import Prediction, PredictionLog
+from src.data.images import ImageDataset
+from src.data.shard_map import by_shard, shard_batches
+from src.data.skips import Skip, SkipCounter
 from src.models.llava import format_prompt
 
 logger = logging.getLogger(__name__)
@@ -40,11 +41,20 @@ class CaptionSettings:
                 "num_beams": self.num_beams, "do_sample": False}
 
 
+PREDICTION_DTYPES = {"image_id": "int64", "caption": "str"}
+
+
+def predictions_frame(image_ids: Sequence[int], captions: Sequence[str]) -> pd.DataFrame:
+    """Captions as a table (a shard's rows): image_id, caption."""
+    return pd.DataFrame({"image_id": list(image_ids), "caption": list(captions)},
+                        columns=list(PREDICTION_DTYPES)).astype(PREDICTION_DTYPES)
+
+
 @dataclass
 class CaptionBatch:
     image_ids: list[int]  # the images in `inputs`, in row order
     inputs: BatchFeature | None  # None when every image of the batch was skipped
-    skips: list[Prediction]
+    skips: list[Skip]
 
 
 def build_inputs(processor: ProcessorMixin, images: Sequence[Image.Image],
@@ -61,13 +71,9 @@ class Collate:
         self.processor = processor
         self.prompt = prompt
 
-    def __call__(self, samples: Sequence[tuple[int, Image.Image | ImageSkip]]) -> CaptionBatch:
+    def __call__(self, samples: Sequence[tuple[int, Image.Image | Skip]]) -> CaptionBatch:
         good = [(image_id, image) for image_id, image in samples if isinstance(image, Image.Image)]
-        skips = []
-        for image_id, image in samples:
-            if isinstance(image, ImageSkip):
-                logger.warning("skipping image %s", image)
-                skips.append(Prediction(image_id, skip=image.reason))
+        skips = [image for _, image in samples if isinstance(image, Skip)]
         inputs = None
         if good:
             inputs = build_inputs(self.processor, [image for _, image in good],
@@ -94,21 +100,30 @@ def caption_images(model: PreTrainedModel, processor: ProcessorMixin,
     return caption_inputs(model, processor, build_inputs(processor, images, prompts), settings)
 
 
-def generate_predictions(model: PreTrainedModel, processor: ProcessorMixin,
-                         items: Sequence[EvalImage], settings: CaptionSettings,
-                         log: PredictionLog, *, batch_size: int, num_workers: int,
-                         progress: bool = True) -> None:
-    """Caption `items`, appending each batch (captions and skips) to `log` as soon as it is done."""
-    loader = DataLoader(ImageDataset(items), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=Collate(processor, settings.prompt))
-    with log.appending() as append, tqdm(total=len(items), desc="captions", unit="img",
-                                         disable=not progress) as bar:
-        for batch in loader:
-            predictions = list(batch.skips)
-            if batch.inputs is not None:
-                captions = caption_inputs(model, processor, batch.inputs, settings)
-                predictions += [Prediction(image_id, caption=caption)
-                                for image_id, caption in zip(batch.image_ids, captions,
-                                                             strict=True)]
-            append(predictions)
-            bar.update(len(predictions))
+def caption_shards(model: PreTrainedModel, processor: ProcessorMixin, images: ImageDataset,
+                   shards: Sequence[Sequence[int]], settings: CaptionSettings, *,
+                   batch_size: int, num_workers: int, progress: bool = True,
+                   ) -> Iterator[tuple[list[int], pd.DataFrame, SkipCounter]]:
+    """Caption `shards` (lists of positions in `images`) with one DataLoader; yields each
+    shard's (positions, captions table, skips by image id) when its last batch is done."""
+    plan = shard_batches(shards, lambda shard: [list(shard[start:start + batch_size])
+                                                for start in range(0, len(shard), batch_size)])
+    loader = DataLoader(images, batch_sampler=[batch for _, batch in plan],
+                        num_workers=num_workers, collate_fn=Collate(processor, settings.prompt))
+
+    def captioned() -> Iterator[tuple[list[int], list[str], list[Skip]]]:
+        with tqdm(total=sum(map(len, shards)), desc="captions", unit="img",
+                  disable=not progress) as bar:
+            for batch in loader:
+                captions = [] if batch.inputs is None else caption_inputs(
+                    model, processor, batch.inputs, settings)
+                bar.update(len(batch.image_ids) + len(batch.skips))
+                yield batch.image_ids, captions, batch.skips
+
+    for shard, done in by_shard(plan, captioned()):
+        skips = SkipCounter()
+        for skip in (skip for _, _, part in done for skip in part):
+            skips.add(skip)
+        yield (list(shards[shard]),
+               predictions_frame([i for ids, _, _ in done for i in ids],
+                                 [c for _, captions, _ in done for c in captions]), skips)

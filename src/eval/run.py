@@ -1,8 +1,8 @@
 """One evaluation, shared by the `evaluate` stage and the seed command `src.eval.evaluate_coco`.
 
 Select val images -> caption them (resumable, data-parallel over the processes of
-`state`) -> score on the main process (pycocoevalcap + CLIPScore) -> write the metrics
-JSON, COCO-format predictions, a per-image CSV and a gallery, each atomically.
+`state`, by `src.data.shard_map`) -> score on the main process (pycocoevalcap + CLIPScore)
+-> write the metrics JSON, COCO-format predictions, a per-image CSV and a gallery, each atomically.
 """
 
 from __future__ import annotations
@@ -10,30 +10,25 @@ from __future__ import annotations
 import csv
 import gc
 import logging
-from collections import Counter
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from accelerate import PartialState
 
 from src.data.atomic import atomic_path, atomic_write_json
-from src.data.coco import CaptionSet, load_captions, resolve_image_path, select_images
-from src.data.images import SKIP_REASONS, load_rgb
+from src.data.coco import CaptionSet, load_captions, select_images
+from src.data.images import ImageDataset, read_image
+from src.data.shard_map import digest, fingerprint, map_shards, model_digest
+from src.data.skips import Skip, SkipCounter
 from src.eval.captioner import load_captioner
 from src.eval.clipscore import score_images
-from src.eval.dataset import EvalImage
 from src.eval.gallery import GalleryRow, render_gallery, render_notice
-from src.eval.generate import CaptionSettings, generate_predictions
+from src.eval.generate import CaptionSettings, caption_shards, predictions_frame
 from src.eval.metrics import find_java_bin_dir, score_captions
-from src.eval.prediction_log import (
-    Prediction,
-    PredictionLog,
-    fingerprint,
-    remove_logs,
-    run_key,
-)
 from src.models.clip import load_clip
 from src.models.device_policy import llava_dtype, resolve_device
 from src.params import Params
@@ -41,7 +36,6 @@ from src.preflight import model_problem, require_models, require_paths
 
 logger = logging.getLogger(__name__)
 
-SKIP_KEYS = (*SKIP_REASONS, "no_refs")  # metrics.json: skipped_<key> for each that occurred
 CLIP_BATCH_SIZE = 64  # CLIP forwards are cheap next to generation; this only sets speed
 GALLERY_REFERENCES = 2
 SCORE_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rougeL", "cider",
@@ -84,9 +78,9 @@ class EvalOutputs:
     gallery: Path | None = None
 
     @property
-    def log_prefix(self) -> Path:
-        """Where the resumable per-process logs live until the predictions are written."""
-        return self.predictions.with_name(f".{self.predictions.name}.partial")
+    def shards_dir(self) -> Path:
+        """Where finished caption shards live until the predictions are written."""
+        return self.predictions.with_name(f".{self.predictions.name}.shards")
 
 
 def process_state() -> PartialState:
@@ -96,89 +90,78 @@ def process_state() -> PartialState:
 
 
 def eval_images(captions: CaptionSet, images_dir: Path, num_examples: int,
-                seed: int) -> tuple[list[EvalImage], int]:
-    """The seeded val subset (captioned images only) and how many images have no reference."""
+                seed: int) -> tuple[ImageDataset, SkipCounter]:
+    """The seeded val subset (captioned images only) and the images with no reference."""
     chosen = select_images(captions, num_examples, seed)
-    n_no_refs = len(captions.images) - len({c.image_id for c in captions.captions})
-    items = [EvalImage(image.image_id, resolve_image_path(images_dir, image.file_name))
-             for image in chosen]
-    return items, n_no_refs
+    referenced = {c.image_id for c in captions.captions}
+    no_refs = SkipCounter({"no_refs": [i for i in captions.images if i not in referenced]})
+    return ImageDataset([(image.image_id, image.file_name) for image in chosen],
+                        images_dir), no_refs
 
 
-def _generate(config: EvalConfig, items: Sequence[EvalImage], log_prefix: Path,
-              state: PartialState) -> dict[int, Prediction] | None:
-    """Caption every item not already in the logs; the merged result on the main process."""
+def _generate(config: EvalConfig, images: ImageDataset, shards_dir: Path,
+              state: PartialState) -> tuple[dict[int, str], SkipCounter] | None:
+    """Caption every image no finished shard holds; all captions and skips on the main
+    process. A shard is one batch: a killed run redoes at most the batches in flight."""
     dtype = llava_dtype(state.device)
-    log = PredictionLog(log_prefix, rank=state.process_index, key=run_key({
-        "model": fingerprint(config.model_id),
-        "adapter": fingerprint(config.adapter_dir) if config.adapter_dir else None,
-        "images": str(config.images_dir.resolve()),
-        "ann": fingerprint(config.ann_path),
-        "caption": vars(config.caption),
-        "dtype": str(dtype),
-    }))
-    done = log.load()
-    state.wait_for_everyone()  # every process has read the logs before any appends
-    todo = [item for item in items if item.image_id not in done]
-    mine = todo[state.process_index::state.num_processes]
-    if state.is_main_process:
-        logger.info("%d / %d images already captioned; %d to go on %d process(es)",
-                    len(items) - len(todo), len(items), len(todo), state.num_processes)
-    if mine:
-        model, processor = load_captioner(config.model_id, config.adapter_dir,
-                                          device=state.device, dtype=dtype)
-        generate_predictions(model, processor, mine, config.caption, log,
-                             batch_size=config.batch_size, num_workers=config.num_workers,
-                             progress=state.is_local_main_process)
-        del model
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    state.wait_for_everyone()
-    if not state.is_main_process:
+    model, processor = load_captioner(config.model_id, config.adapter_dir,
+                                      device=state.device, dtype=dtype)
+    run = fingerprint(params=vars(config.caption), model=model_digest(model))
+
+    work = partial(caption_shards, model, processor, images, settings=config.caption,
+                   batch_size=config.batch_size, num_workers=config.num_workers,
+                   progress=state.is_local_main_process)
+    merged = map_shards([(image_id, digest(file_name)) for image_id, file_name in images.items],
+                        work, shards_dir=shards_dir, run=run, shard_size=config.batch_size,
+                        state=state, key_column="image_id", empty=predictions_frame([], []))
+    del work, model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if merged is None:
         return None
-    wanted = {item.image_id for item in items}
-    return {i: p for i, p in log.load().items() if i in wanted}
+    frame, skips = merged
+    return dict(zip(frame["image_id"].tolist(), frame["caption"].tolist(), strict=True)), skips
 
 
 def _metrics(corpus: Mapping[str, float], clip: Mapping[int, tuple[float, float]],
-             n_images: int, n_empty: int, skips: Counter) -> dict[str, float | int]:
+             n_images: int, n_empty: int, skips: SkipCounter) -> dict[str, float | int]:
     metrics: dict[str, float | int] = dict(corpus)
     if clip:
         metrics["clipscore"] = sum(c for c, _ in clip.values()) / len(clip)
         metrics["refclipscore"] = sum(r for _, r in clip.values()) / len(clip)
-    metrics.update(n_images=n_images, n_empty=n_empty, skipped=sum(skips.values()))
-    metrics.update({f"skipped_{key}": skips[key] for key in SKIP_KEYS if skips[key]})
+    metrics.update(n_images=n_images, n_empty=n_empty, skipped=skips.total())
+    metrics.update({f"skipped_{reason}": count for reason, count in skips.counts().items()})
     return metrics
 
 
 def score(captions: Mapping[int, str], references: Mapping[int, Sequence[str]],
-          items: Sequence[EvalImage], *, clip_model_id: str | None, meteor: bool,
-          num_workers: int,
-          device: torch.device, skips: Counter | None = None,
+          images: ImageDataset, *, clip_model_id: str | None, meteor: bool, num_workers: int,
+          device: torch.device, skips: SkipCounter | None = None,
           ) -> tuple[dict[str, float | int], list[dict]]:
     """Corpus metrics (with `skips` counted in) and per-image rows for `captions`.
 
-    `items` give the image files for CLIPScore; without `clip_model_id` it is left out.
-    Never fails on ids without references, empty captions (both counted) or nothing left
-    to score (metrics without scores).
+    `images` are read for CLIPScore; without `clip_model_id` it is left out. Never fails
+    on ids without references, empty captions (both counted) or nothing left to score
+    (metrics without scores).
     """
-    skips = Counter() if skips is None else Counter(skips)
+    skips = SkipCounter().update(skips or SkipCounter())
     referenced = {i for i, refs in references.items() if refs}
-    skips["no_refs"] += len(captions.keys() - referenced)
+    skips.update(SkipCounter({"no_refs": sorted(captions.keys() - referenced)}))
     if not captions.keys() & referenced:
         logger.error("no prediction has references: nothing to score")
         return _metrics({}, {}, 0, 0, skips), []
     scores = score_captions(captions, references, meteor=meteor)
-    paths = {item.image_id: item.path for item in items}
-    scored_items = [item for item in items if item.image_id in scores.per_image]
+    file_names = dict(images.items)
+    scored = ImageDataset([item for item in images.items if item[0] in scores.per_image],
+                          images.image_root)
     clip = {}
     if clip_model_id is not None:
         clip_model, clip_processor = load_clip(clip_model_id, device)
-        clip = score_images(clip_model, clip_processor, scored_items, captions, references,
+        clip = score_images(clip_model, clip_processor, scored, captions, references,
                             batch_size=CLIP_BATCH_SIZE, num_workers=num_workers)
     nan = (float("nan"), float("nan"))
-    rows = [{"image_id": i, "file_name": paths[i].name if i in paths else "",
+    rows = [{"image_id": i, "file_name": Path(file_names[i]).name if i in file_names else "",
              "caption": captions[i], **scores.per_image[i],
              "clipscore": clip.get(i, nan)[0], "refclipscore": clip.get(i, nan)[1]}
             for i in sorted(scores.per_image)]
@@ -186,15 +169,19 @@ def score(captions: Mapping[int, str], references: Mapping[int, Sequence[str]],
     return metrics, rows
 
 
-def _gallery(rows: Sequence[dict], items: Sequence[EvalImage],
+def _gallery(rows: Sequence[dict], images: ImageDataset,
              references: Mapping[int, Sequence[str]], count: int) -> list[GalleryRow]:
-    paths = {item.image_id: item.path for item in items}
-    return [GalleryRow(image=load_rgb(paths[row["image_id"]]),
-                       title=f"image {row['image_id']}   CIDEr {row['cider']:.3f}   "
-                             f"CLIP-S {row['clipscore']:.3f}",
-                       prediction=row["caption"],
-                       references=list(references[row["image_id"]])[:GALLERY_REFERENCES])
-            for row in rows[:count] if row["image_id"] in paths]
+    file_names = dict(images.items)
+    gallery = []
+    for row in rows[:count]:
+        image = read_image(images.image_root, row["image_id"], file_names[row["image_id"]])
+        if not isinstance(image, Skip):
+            gallery.append(GalleryRow(
+                image=image, prediction=row["caption"],
+                title=f"image {row['image_id']}   CIDEr {row['cider']:.3f}   "
+                      f"CLIP-S {row['clipscore']:.3f}",
+                references=list(references[row["image_id"]])[:GALLERY_REFERENCES]))
+    return gallery
 
 
 def write_outputs(outputs: EvalOutputs, metrics: Mapping[str, float | int],
@@ -235,24 +222,23 @@ def evaluate(config: EvalConfig, outputs: EvalOutputs,
     if clip_problem is not None and state.is_main_process:
         logger.warning("CLIPScore will be left out: %s", clip_problem)
     caption_set = load_captions(config.ann_path)
-    items, n_no_refs = eval_images(caption_set, config.images_dir, config.num_examples,
-                                   config.seed)
-    finished = _generate(config, items, outputs.log_prefix, state)
+    images, skips = eval_images(caption_set, config.images_dir, config.num_examples,
+                                config.seed)
+    finished = _generate(config, images, outputs.shards_dir, state)
     if finished is None:
         return None
-    skips = Counter({"no_refs": n_no_refs})
-    skips.update(p.skip for p in finished.values() if p.skip is not None)
-    captions = {i: p.caption for i, p in finished.items() if p.caption is not None}
+    captions, generation_skips = finished
+    skips.update(generation_skips)
     references = {i: [c.caption for c in caps] for i, caps in caption_set.by_image().items()}
-    metrics, rows = score(captions, references, items,
+    metrics, rows = score(captions, references, images,
                           clip_model_id=None if clip_problem else config.clip_model_id,
                           meteor=config.meteor, num_workers=config.num_workers,
                           device=state.device, skips=skips)
     if clip_problem is not None:
         metrics.update(clipscore=None, refclipscore=None, clipscore_unavailable=clip_problem)
-    gallery = _gallery(rows, items, references, config.gallery_images)
+    gallery = _gallery(rows, images, references, config.gallery_images)
     write_outputs(outputs, metrics, captions, rows, gallery)
-    remove_logs(outputs.log_prefix)
+    shutil.rmtree(outputs.shards_dir)
     return metrics
 
 
@@ -260,8 +246,9 @@ def summary(metrics: Mapping[str, float | int]) -> str:
     """One line: the headline scores and what was skipped, by reason."""
     scores = ", ".join(f"{k} {metrics[k]:.4f}" for k in SCORE_KEYS
                        if metrics.get(k) is not None)
-    reasons = ", ".join(f"{metrics[f'skipped_{k}']} {k}" for k in SKIP_KEYS
-                        if f"skipped_{k}" in metrics)
+    reasons = ", ".join(f"{value} {key.removeprefix('skipped_')}"
+                        for key, value in sorted(metrics.items())
+                        if key.startswith("skipped_"))
     return (f"scored {metrics['n_images']} images ({metrics['n_empty']} empty captions): "
             f"{scores or 'no scores'}; skipped {metrics['skipped']}"
             f"{f' ({reasons})' if reasons else ''}"

@@ -3,16 +3,16 @@
 Layout: `<checkpoint_dir>/step-00000500/` holds `accelerator.save_state` (trainable
 weights only, optimizer, scheduler, RNG states) and `trainer_state.json`, written last,
 so a directory without it is an interrupted save and is ignored. The JSON carries the
-run's fingerprint: checkpoints of a different config or training file are never resumed.
+run's fingerprint (`src.data.shard_map.fingerprint`: the config without execution knobs,
+the model's digest, the training file's bytes): checkpoints of another run are never
+resumed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,20 +32,11 @@ class TrainerState:
     epoch: int  # the epoch in progress
     batches_in_epoch: int  # batches of that epoch consumed (skip them on resume)
     fingerprint: str
-    skipped: dict[str, int] = field(default_factory=dict)  # image skips so far, by reason
+    skipped: dict[str, list] = field(default_factory=dict)  # skipped example ids, by reason
     samples: int = 0  # captions trained on so far
     train_loss: float | None = None  # the last logged values
     val_loss: float | None = None
     val_loss_initial: float | None = None  # before step 1
-
-
-def fingerprint(config: Mapping[str, object], train_file: Path) -> str:
-    """A digest of everything that changes the trained weights."""
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    with open(train_file, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def checkpoint_path(checkpoint_dir: Path, step: int) -> Path:

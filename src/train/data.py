@@ -1,14 +1,13 @@
 """Training and validation samples: JSONL/COCO examples -> token ids, labels and pixels.
 
 Text is tokenised once, up front (token lengths drive the length-grouped batches and a
-bad mask fails before any training); images are decoded in DataLoader workers, where an
-unreadable file becomes a counted skip carried in the batch.
+bad mask fails before any training); images are read in DataLoader workers by the one
+image reader, where an unreadable file or a path outside the image root becomes a Skip
+record carried in the batch.
 """
 
 from __future__ import annotations
 
-import logging
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,19 +17,18 @@ import torch
 from torch.utils.data import Dataset
 from transformers import ProcessorMixin
 
-from src.data.coco import load_captions, resolve_image_path, select_images
-from src.data.images import ImageSkip, crop_box, load_rgb
+from src.data.coco import load_captions, select_images
+from src.data.images import crop_box, read_image
 from src.data.jsonl import Example
+from src.data.skips import Skip, SkipCounter
 from src.models.llava import IGNORE_INDEX, image_token_count
 from src.train.masking import MaskError, check_supervised, encode_batch
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Sample:
     example_id: str
-    image_path: Path
+    image: str  # relative to the image root
     bbox_xyxy: tuple[float, float, float, float] | None  # crop this region of the image
     input_ids: list[int]
     labels: list[int]
@@ -38,41 +36,30 @@ class Sample:
 
 def encode_examples(
     examples: Iterable[Example],
-    image_root: Path,
     processor: ProcessorMixin,
     *,
     max_length: int,
     drop_bad_masks: bool,
-    skip_bad_paths: bool,
-) -> tuple[list[Sample], Counter]:
-    """Tokenise and mask every example; return the samples and skipped counts by reason.
+) -> tuple[list[Sample], SkipCounter]:
+    """Tokenise and mask every example; return the samples and the dropped example ids.
 
     A prompt longer than `max_length` is always dropped and counted. A mask that fails
-    its check (see `encode_batch`) raises unless `drop_bad_masks`; an image path that
-    escapes `image_root` raises unless `skip_bad_paths`.
+    its check (see `encode_batch`) raises unless `drop_bad_masks`. Image paths are
+    checked when read (a path outside the root is a "path_escape" skip then).
     """
     examples = list(examples)
     encoded = encode_batch(processor.tokenizer, [(e.prompt, e.caption) for e in examples],
                            image_token=processor.image_token,
                            num_image_tokens=image_token_count(processor), max_length=max_length)
-    samples, skipped = [], Counter()
+    samples, skipped = [], SkipCounter()
     for example, result in zip(examples, encoded, strict=True):
-        try:
-            image_path = resolve_image_path(image_root, example.image)
-        except ValueError as error:
-            if not skip_bad_paths:
-                raise ValueError(f"example {example.id}: {error}") from error
-            logger.warning("skipping example %s: %s", example.id, error)
-            skipped["bad_path"] += 1
-            continue
         if isinstance(result, MaskError):
             if result.reason != "prompt_too_long" and not drop_bad_masks:
                 raise MaskError(result.reason, f"example {example.id}: {result}")
-            logger.warning("skipping example %s: %s", example.id, result)
-            skipped[result.reason] += 1
+            skipped.add(Skip(example.id, result.reason, example.image, str(result)))
             continue
         bbox = example.bbox if example.kind == "region" else None
-        samples.append(Sample(example.id, image_path, bbox, result.input_ids, result.labels))
+        samples.append(Sample(example.id, example.image, bbox, result.input_ids, result.labels))
     return samples, skipped
 
 
@@ -91,11 +78,14 @@ def validation_examples(captions_path: Path, num_examples: int, prompt: str,
 
 
 class CaptionDataset(Dataset):
-    """Per item: `input_ids`, `labels`, `pixel_values`, or `skip` (an image skip reason)."""
+    """Per item: `input_ids`, `labels`, `pixel_values`, or the Skip of its image (the
+    Skip's item is the example id; a box outside the image is a "bad_box" skip)."""
 
-    def __init__(self, samples: Sequence[Sample], processor: ProcessorMixin) -> None:
+    def __init__(self, samples: Sequence[Sample], processor: ProcessorMixin,
+                 image_root: Path) -> None:
         self.samples = list(samples)
         self.image_processor = processor.image_processor
+        self.image_root = Path(image_root)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -103,25 +93,23 @@ class CaptionDataset(Dataset):
     def lengths(self) -> list[int]:
         return [len(sample.input_ids) for sample in self.samples]
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any] | Skip:
         sample = self.samples[index]
-        try:
-            image = load_rgb(sample.image_path)
-            if sample.bbox_xyxy is not None:
+        image = read_image(self.image_root, sample.example_id, sample.image)
+        if isinstance(image, Skip):
+            return image
+        if sample.bbox_xyxy is not None:
+            try:
                 image = crop_box(image, sample.bbox_xyxy)
-        except ImageSkip as skip:
-            logger.warning("skipping image %s", skip)
-            return {"skip": skip.reason}
-        except ValueError as error:  # a box outside the image
-            logger.warning("skipping example %s: %s", sample.example_id, error)
-            return {"skip": "bad_box"}
+            except ValueError as error:  # a box outside the image
+                return Skip(sample.example_id, "bad_box", sample.image, str(error))
         pixel_values = self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
         return {"input_ids": sample.input_ids, "labels": sample.labels,
                 "pixel_values": pixel_values, "example_id": sample.example_id}
 
 
 class Collate:
-    """Right-pads a batch; skipped items are left out, their reasons kept in `skipped`.
+    """Right-pads a batch; skipped items are left out, their Skips kept in `skipped`.
 
     `kept` marks, per item given, whether it is a row of the model inputs. A batch whose
     every image was skipped has no model inputs, only `skipped` and `kept`.
@@ -130,11 +118,12 @@ class Collate:
     def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = pad_token_id
 
-    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        kept = [item for item in items if "skip" not in item]
+    def __call__(self, items: Sequence[dict[str, Any] | Skip]) -> dict[str, Any]:
+        kept = [item for item in items if not isinstance(item, Skip)]
         batch: dict[str, Any] = {
-            "skipped": [item["skip"] for item in items if "skip" in item],
-            "kept": torch.tensor(["skip" not in item for item in items], dtype=torch.bool),
+            "skipped": [item for item in items if isinstance(item, Skip)],
+            "kept": torch.tensor([not isinstance(item, Skip) for item in items],
+                                 dtype=torch.bool),
         }
         if not kept:
             return batch

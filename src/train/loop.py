@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +22,10 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, skip_first_batches
-from accelerate.utils import gather_object
 from safetensors import safe_open
 from tqdm import tqdm
 
+from src.data.skips import SkipCounter
 from src.models.llava import IGNORE_INDEX
 from src.train.checkpoint import TrainerState, checkpoint_path, prune, write_trainer_state
 from src.train.sampler import LengthGroupedBatches
@@ -57,7 +56,7 @@ class LoopResult:
     val_loss_initial: float = math.nan  # before the first step
     samples: int = 0  # captions trained on, all processes, the whole run
     tokens_per_second: float = math.nan  # non-pad tokens, all processes, since (re)start
-    skipped: Counter = field(default_factory=Counter)  # image skips by reason, all processes
+    skipped: SkipCounter = field(default_factory=SkipCounter)  # image skips, all processes
 
 
 @dataclass
@@ -148,12 +147,6 @@ class Trainer:
         self.model.train()
         return total / count if count else math.nan
 
-    def _gather_skips(self, skipped: Counter) -> Counter:
-        totals = Counter()
-        for counts in gather_object([dict(skipped)]):
-            totals.update(counts)
-        return totals
-
     def _reduce_sum(self, value: int) -> int:
         return int(self.accelerator.reduce(torch.tensor(value, device=self.accelerator.device),
                                            reduction="sum"))
@@ -207,7 +200,7 @@ class Trainer:
                             val_loss_initial=_nan_if_none(state.val_loss_initial))
         # Counts before a checkpoint are totals over processes: carry them on main only.
         carried = accelerator.is_main_process
-        skipped = Counter(state.skipped if carried else {})
+        skipped = SkipCounter(state.skipped if carried else {})
         samples = state.samples if carried else 0
         if state.step == 0:
             result.val_loss_initial = self.validate()
@@ -221,7 +214,8 @@ class Trainer:
                 break
             skip = state.batches_in_epoch if epoch == state.epoch else 0
             for consumed, batch in self._epoch_batches(epoch, skip):
-                skipped.update(batch["skipped"])
+                for skip in batch["skipped"]:
+                    skipped.add(skip)
                 samples += int(batch["kept"].sum())
                 self._micro_step(batch, window)
                 if not accelerator.sync_gradients:
@@ -245,12 +239,12 @@ class Trainer:
                     done = consumed == len(self.train_loader)
                     self._save(TrainerState(
                         step, epoch + done, 0 if done else consumed, settings.fingerprint,
-                        dict(self._gather_skips(skipped)), self._reduce_sum(samples),
+                        skipped.gathered().ids, self._reduce_sum(samples),
                         result.train_loss, result.val_loss, result.val_loss_initial))
                 if last:
                     break
         bar.close()
-        result.skipped = self._gather_skips(skipped)
+        result.skipped = skipped.gathered()
         result.samples = self._reduce_sum(samples)
         result.tokens_per_second = self._reduce_sum(run_tokens) / (time.perf_counter() - run_start)
         return result

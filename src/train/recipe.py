@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,10 @@ from torch.utils.data import DataLoader
 from transformers import ProcessorMixin, get_cosine_schedule_with_warmup
 
 from src.data.atomic import atomic_write_json
+from src.data.coco import path_inside
 from src.data.jsonl import read_examples
+from src.data.shard_map import file_digest, fingerprint, model_digest
+from src.data.skips import Skip, SkipCounter
 from src.models.device_policy import llava_dtype, mixed_precision, resolve_device
 from src.models.llava import (
     IGNORE_INDEX,
@@ -39,7 +41,6 @@ from src.params import Params, TrainParams
 from src.preflight import require_models, require_paths
 from src.train.checkpoint import (
     TrainerState,
-    fingerprint,
     keep_trainable_weights,
     latest_checkpoint,
     remove_other_runs,
@@ -90,10 +91,11 @@ class FinetunePaths:
 
 
 def _check_image_root(samples: list[Sample], image_root: Path) -> None:
-    probe = samples[:IMAGE_ROOT_PROBE]
-    if probe and not any(sample.image_path.is_file() for sample in probe):
+    probe = [sample.image for sample in samples[:IMAGE_ROOT_PROBE]]
+    paths = [path_inside(image_root, relative) for relative in probe]
+    if probe and not any(path is not None and path.is_file() for path in paths):
         raise FileNotFoundError(f"none of the first {len(probe)} training images exists under "
-                                f"--image-root {image_root} (e.g. {probe[0].image_path})")
+                                f"--image-root {image_root} (e.g. {probe[0]})")
 
 
 def _describe(sample: Sample, tokenizer: object, image_token_id: int) -> str:
@@ -108,7 +110,7 @@ def _describe(sample: Sample, tokenizer: object, image_token_id: int) -> str:
 def _first_loadable(dataset: CaptionDataset, collate: Collate) -> dict[str, Any]:
     for index in range(len(dataset)):
         item = dataset[index]
-        if "skip" not in item:
+        if not isinstance(item, Skip):
             return collate([item])
     raise RuntimeError("no training image could be read")
 
@@ -131,8 +133,8 @@ def _finite_or_none(value: float) -> float | None:
 class _Data:
     train_samples: list[Sample]
     val_samples: list[Sample]
-    dropped: Counter  # training examples dropped before training, by reason
-    val_dropped: Counter
+    dropped: SkipCounter  # training examples dropped before training, by reason
+    val_dropped: SkipCounter
     malformed: int  # skipped JSONL lines
     batches: LengthGroupedBatches
     train_loader: DataLoader
@@ -143,17 +145,16 @@ class _Data:
 def _setup_data(config: FinetuneConfig, paths: FinetunePaths, processor: ProcessorMixin,
                 num_processes: int) -> _Data:
     examples, malformed = read_examples(paths.train_file, skip_malformed=config.skip_malformed)
-    encode = {"max_length": config.max_length, "drop_bad_masks": config.drop_bad_masks,
-              "skip_bad_paths": config.skip_malformed}
-    train_samples, dropped = encode_examples(examples, paths.image_root, processor, **encode)
+    encode = {"max_length": config.max_length, "drop_bad_masks": config.drop_bad_masks}
+    train_samples, dropped = encode_examples(examples, processor, **encode)
     if not train_samples:
-        raise ValueError(f"{paths.train_file}: no trainable example ({dict(dropped)})")
+        raise ValueError(f"{paths.train_file}: no trainable example ({dropped.counts()})")
     _check_image_root(train_samples, paths.image_root)
     val_samples, val_dropped = encode_examples(
         validation_examples(paths.val_ann, config.val_examples, config.val_prompt, config.seed),
-        paths.val_images, processor, **encode)
+        processor, **encode)
     collate = Collate(processor.tokenizer.pad_token_id)
-    train_set = CaptionDataset(train_samples, processor)
+    train_set = CaptionDataset(train_samples, processor, paths.image_root)
     global_batch = config.bsz * num_processes
     batches = LengthGroupedBatches(train_set.lengths(), global_batch, config.seed)
     # A private generator: starting an epoch's iterator then draws nothing from the global
@@ -164,7 +165,8 @@ def _setup_data(config: FinetuneConfig, paths: FinetunePaths, processor: Process
     return _Data(
         train_samples, val_samples, dropped, val_dropped, malformed, batches,
         DataLoader(train_set, batch_sampler=batches, **loader_kwargs),
-        DataLoader(CaptionDataset(val_samples, processor), batch_size=global_batch,
+        DataLoader(CaptionDataset(val_samples, processor, paths.val_images),
+                   batch_size=global_batch,
                    **loader_kwargs),
         _first_loadable(train_set, collate))
 
@@ -189,8 +191,8 @@ def _banner(config: FinetuneConfig, data: _Data, processor: ProcessorMixin, num_
         "  batch %d x accumulation %d x processes %d = %d captions per step\n"
         "  steps %d (%d per epoch), image tokens %d per example\n"
         "  trainable parameters %s of %s: %s",
-        len(data.train_samples), dict(data.dropped), data.malformed, len(data.val_samples),
-        dict(data.val_dropped), config.bsz, config.grad_accum, num_processes,
+        len(data.train_samples), data.dropped.counts(), data.malformed, len(data.val_samples),
+        data.val_dropped.counts(), config.bsz, config.grad_accum, num_processes,
         config.bsz * config.grad_accum * num_processes, total_steps,
         math.ceil(len(data.batches) / config.grad_accum), image_token_count(processor),
         f"{trainable:,}", f"{total:,}",
@@ -222,13 +224,14 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
         _share_cpu_cores(accelerator.num_processes, config.num_workers)
     run_config = {**asdict(config), "train_file": str(paths.train_file),
                   "val_ann": str(paths.val_ann)}
-    run_fingerprint = fingerprint({k: v for k, v in run_config.items()
-                                   if k not in EXECUTION_KNOBS}, paths.train_file)
 
     # Data first: its size sets the schedule. Then model, optimizer, schedule.
     processor = load_processor(config.model_id, config.image_size, config.pad_to_square)
     data = _setup_data(config, paths, processor, accelerator.num_processes)
     model = _setup_model(config, accelerator.device)
+    run_fingerprint = fingerprint(
+        params={k: v for k, v in run_config.items() if k not in EXECUTION_KNOBS},
+        model=model_digest(model), inputs=file_digest(paths.train_file))
     counts = parameter_counts(model)
     steps_per_epoch = math.ceil(len(data.batches) / config.grad_accum)
     total_steps = config.max_steps if config.max_steps > 0 else config.epochs * steps_per_epoch
@@ -270,8 +273,9 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
         "examples": len(data.train_samples), "val_examples": len(data.val_samples),
         "samples_trained": result.samples,
         "tokens_per_second": _finite_or_none(result.tokens_per_second),
-        "skipped_images": sum(result.skipped.values()),
-        "skipped": dict(data.dropped + result.skipped), "skipped_val": dict(data.val_dropped),
+        "skipped_images": result.skipped.total(),
+        "skipped": SkipCounter().update(data.dropped, result.skipped).counts(),
+        "skipped_val": data.val_dropped.counts(),
         "malformed_lines": data.malformed, "trainable_params": sum(t for t, _ in counts.values()),
         "resumed_from_step": found[1].step if found else 0,
         "processes": accelerator.num_processes,

@@ -16,11 +16,11 @@ from tqdm import tqdm
 from src.augment.assemble import AssembleConfig, assemble, sweep_csv, threshold_sweep
 from src.augment.gallery import choose_gallery, draw_boxes, grid
 from src.augment.layout import find_image_dir
-from src.augment.tables import read_table
 from src.data.atomic import atomic_path, atomic_write_json, atomic_write_text
-from src.data.coco import resolve_image_path
-from src.data.images import ImageSkip, SkipCounter, load_rgb
+from src.data.images import read_image
 from src.data.jsonl import write_examples
+from src.data.skips import Skip, SkipCounter
+from src.data.tables import read_table
 from src.params import Params
 
 logger = logging.getLogger(__name__)
@@ -51,11 +51,11 @@ def run_assemble(params: Params, captions_path: Path, regions_path: Path, coco_r
                              params.seed)
     tiles, skips = [], SkipCounter()
     for image_id, boxes in tqdm(gallery.items(), desc="gallery", unit="image"):
-        path = resolve_image_path(coco_root / image_dir_name, file_names[image_id])
-        try:
-            tiles.append(draw_boxes(load_rgb(path), boxes))
-        except ImageSkip as skip:
-            skips.add(skip)
+        image = read_image(coco_root / image_dir_name, image_id, file_names[image_id])
+        if isinstance(image, Skip):
+            skips.add(image)
+        else:
+            tiles.append(draw_boxes(image, boxes))
     with atomic_path(plots_dir / "gallery.png") as tmp:
         grid(tiles).save(tmp, format="PNG")
 

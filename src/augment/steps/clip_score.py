@@ -15,9 +15,8 @@ from tqdm import tqdm
 
 from src.augment.layout import find_image_dir
 from src.augment.regions import drop_small_boxes, region_caption, score_regions
-from src.augment.skips import merge_skips
-from src.augment.tables import read_table, write_table
-from src.data.images import ImageSkip, SkipCounter
+from src.data.skips import SkipCounter
+from src.data.tables import read_table, write_table
 from src.models.clip import load_clip
 from src.models.device_policy import clip_dtype, resolve_device
 from src.params import Params
@@ -40,23 +39,18 @@ def run_clip_score(params: Params, detections_path: Path, coco_root: Path, out: 
     image_dir = coco_root / find_image_dir(coco_root, regions["file_name"].tolist())
     model, processor = load_clip(params.clip_model_id, torch_device, clip_dtype(torch_device))
 
-    skips, skipped_ids = SkipCounter(), {}
-
-    def on_skip(skip: ImageSkip, rows: np.ndarray) -> None:
-        skips.add(skip)
-        skipped_ids.setdefault(skip.reason, []).append(int(regions.loc[rows[0], "image_id"]))
-
+    skips = SkipCounter()
     with tqdm(total=len(regions), desc="clip_score", unit="crop") as bar:
         scores = score_regions(model, processor, regions, image_dir,
                                pad_frac=settings.crop_pad_frac, batch_size=settings.batch_size,
-                               num_workers=params.detect.num_workers, on_skip=on_skip,
+                               num_workers=params.detect.num_workers, on_skip=skips.add,
                                on_rows=bar.update)
     regions["clip_score"] = scores
     unscored = int(np.isnan(scores).sum())
     regions = regions[~np.isnan(scores)].reset_index(drop=True)
     stats = {"candidates_in": len(detections),
              "small_boxes": len(detections) - len(regions) - unscored,
-             "unscored": unscored, "regions": len(regions), "skipped": merge_skips(skipped_ids)}
+             "unscored": unscored, "regions": len(regions), "skipped": skips.as_dict()}
     write_table(regions, out, {**metadata, "clip_score": stats})
     logger.info("scored %d / %d candidates (%d boxes under %.0f%% of the image), %s; "
                 "median CLIP cosine %.3f", len(regions), len(detections), stats["small_boxes"],

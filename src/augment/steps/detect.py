@@ -15,19 +15,11 @@ from accelerate import Accelerator
 from tqdm import tqdm
 from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-from src.augment.detect import plan_queries
+from src.augment.detect import detect_shards, detections_frame, plan_queries
 from src.augment.layout import find_image_dir
-from src.augment.shards import (
-    detect_shards,
-    merge_shards,
-    model_fingerprint,
-    pending_shards,
-    remove_stray_shards,
-    shard_manifest,
-    split_shards,
-)
-from src.augment.tables import write_table
-from src.data.images import SkipCounter
+from src.data.shard_map import digest, fingerprint, map_shards, model_digest, remove_stale_shards
+from src.data.skips import SkipCounter
+from src.data.tables import write_table
 from src.models.device_policy import detector_autocast_dtype, resolve_device
 from src.models.hub import load_pretrained
 from src.params import Params
@@ -51,36 +43,38 @@ def run_detect(params: Params, phrases_path: Path, coco_root: Path, shards_dir: 
     max_text_len = model.config.max_text_len
     plan = plan_queries(pd.read_parquet(phrases_path), processor.tokenizer, max_text_len)
     image_dir = coco_root / find_image_dir(coco_root, [i.file_name for i in plan.images])
-
-    run = {"detector_id": params.detector_id, "detector_sha256": model_fingerprint(model),
-           "floor_score": params.detect.floor_score, "max_text_len": max_text_len}
-    shards = split_shards(len(plan.images), params.detect.shard_size)
-    manifests = [shard_manifest(run, [plan.images[i] for i in shard]) for shard in shards]
-    todo = pending_shards(shards_dir, manifests)
-    accelerator.wait_for_everyone()  # all processes agree on `todo` before any shard is written
-    mine = todo[accelerator.process_index::accelerator.num_processes]
-    logger.info("%d images in %d shards: %d done, %d to run (%d on this process of %d)",
-                len(plan.images), len(shards), len(shards) - len(todo), len(todo), len(mine),
-                accelerator.num_processes)
+    run = fingerprint(params={"floor_score": params.detect.floor_score},
+                      model=model_digest(model))
+    items = [(i.image_id, digest([i.file_name, list(i.phrases)])) for i in plan.images]
 
     skips = SkipCounter()
     model.to(accelerator.device)
-    with tqdm(total=sum(len(shards[s]) for s in mine), desc="detect", unit="image",
-              disable=not accelerator.is_local_main_process) as bar:
-        detect_shards(model, processor, plan.images, shards, mine, manifests, shards_dir,
-                      image_dir, floor_score=params.detect.floor_score,
-                      batch_size=params.detect.batch_size,
-                      num_workers=params.detect.num_workers, max_text_len=max_text_len,
-                      autocast_dtype=detector_autocast_dtype(accelerator.device),
-                      on_skip=skips.add, on_images=bar.update)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
+
+    def work(shards: list[list[int]]):
+        with tqdm(total=sum(map(len, shards)), desc="detect", unit="image",
+                  disable=not accelerator.is_local_main_process) as bar:
+            yield from detect_shards(
+                model, processor, plan.images, shards, image_dir,
+                floor_score=params.detect.floor_score, batch_size=params.detect.batch_size,
+                num_workers=params.detect.num_workers, max_text_len=max_text_len,
+                autocast_dtype=detector_autocast_dtype(accelerator.device), on_skip=skips.add,
+                on_images=bar.update)
+
+    merged = map_shards(items, work, shards_dir=shards_dir, run=run,
+                        shard_size=params.detect.shard_size, state=accelerator.state,
+                        key_column="image_id", empty=detections_frame([]))
+    if merged is None:
         return
-    frame, stats = merge_shards(shards_dir, manifests)
-    remove_stray_shards(shards_dir, len(shards))
-    stats |= {"phrases": plan.num_phrases, "phrases_too_long": len(plan.too_long)}
+    frame, skipped = merged
+    remove_stale_shards(shards_dir, run)
+    unreadable = {i for ids in skipped.ids.values() for i in ids}
+    loaded = [i for i in plan.images if i.image_id not in unreadable]
+    found = set(frame["image_id"].tolist())
+    stats = {"images": len(plan.images), "queries": sum(len(i.queries) for i in loaded),
+             "images_no_detections": sum(i.image_id not in found for i in loaded),
+             "candidates": len(frame), "skipped": skipped.as_dict(),
+             "phrases": plan.num_phrases, "phrases_too_long": len(plan.too_long)}
     write_table(frame, out, {"detect": stats})
-    skipped = SkipCounter({reason: len(ids) for reason, ids in stats["skipped"].items()})
     logger.info("%d candidates from %d images (%d queries, %d with no candidate), %s, "
                 "%d phrases too long", len(frame), stats["images"], stats["queries"],
                 stats["images_no_detections"], skipped.summary(), stats["phrases_too_long"])

@@ -1,0 +1,80 @@
+"""Skipped inputs: one picklable record per skip, and one counter that merges them.
+
+A `Skip` is what a DataLoader worker returns in place of an item it could not read (an
+exception would not cross the process boundary intact), what a shard stores, and what a
+stage counts. A `SkipCounter` keeps each reason's item ids, so counts survive merging the
+parts of a run: batches from workers, finished shards, and accelerate processes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass
+
+from accelerate.utils import gather_object
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Skip:
+    """An item left out, and why (`reason`: a short snake_case word such as "truncated")."""
+
+    item: Hashable  # the id of the skipped item: an image id, an example id
+    reason: str
+    path: str = ""  # the input as given (relative image path), for the log
+    detail: str = ""
+
+    def __str__(self) -> str:
+        where = f" ({self.path})" if self.path else ""
+        return f"{self.item}{where}: {self.reason}{f' - {self.detail}' if self.detail else ''}"
+
+
+class SkipCounter:
+    """Skipped item ids by reason. `add` logs each skip as a warning; merging never logs."""
+
+    def __init__(self, ids: Mapping[str, Iterable[Hashable]] | None = None) -> None:
+        self.ids: dict[str, list[Hashable]] = {r: list(v) for r, v in (ids or {}).items()}
+
+    @classmethod
+    def of(cls, skips: Iterable[Skip]) -> SkipCounter:
+        """A counter of `skips` (already logged where they happened)."""
+        counter = cls()
+        for skip in skips:
+            counter.ids.setdefault(skip.reason, []).append(skip.item)
+        return counter
+
+    def add(self, skip: Skip) -> None:
+        logger.warning("skipping %s", skip)
+        self.ids.setdefault(skip.reason, []).append(skip.item)
+
+    def update(self, *others: SkipCounter) -> SkipCounter:
+        for other in others:
+            for reason, ids in other.ids.items():
+                self.ids.setdefault(reason, []).extend(ids)
+        return self
+
+    def counts(self) -> dict[str, int]:
+        """Skips per reason, reasons sorted; only reasons that occurred."""
+        return {reason: len(ids) for reason, ids in sorted(self.ids.items()) if ids}
+
+    def total(self) -> int:
+        return sum(self.counts().values())
+
+    def as_dict(self) -> dict[str, list[Hashable]]:
+        """JSON-ready: reasons sorted, each one's ids sorted."""
+        return {reason: sorted(ids) for reason, ids in sorted(self.ids.items()) if ids}
+
+    def gathered(self) -> SkipCounter:
+        """Every accelerate process's skips merged (collective: all processes must call it);
+        this counter itself when there is one process."""
+        return SkipCounter().update(*(SkipCounter(ids) for ids in gather_object([self.ids])))
+
+    def summary(self, noun: str = "images") -> str:
+        """E.g. "skipped 3 images (1 empty, 2 missing)"."""
+        counts = self.counts()
+        if not counts:
+            return f"skipped 0 {noun}"
+        parts = ", ".join(f"{count} {reason}" for reason, count in counts.items())
+        return f"skipped {sum(counts.values())} {noun} ({parts})"

@@ -1,0 +1,124 @@
+"""The resumable map: ranks' shards merge under any process count, stale and torn shards
+are redone, execution knobs never invalidate finished work, and one fingerprint rule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from src.data.shard_map import (
+    by_shard,
+    digest,
+    fingerprint,
+    map_shards,
+    remove_stale_shards,
+    shard_batches,
+)
+from src.data.skips import Skip, SkipCounter
+
+EMPTY = pd.DataFrame({"item": pd.Series([], dtype="int64"), "value": pd.Series([], dtype="int64")})
+ITEMS = [(i, digest(f"{i}.jpg")) for i in (5, 1, 8, 3, 10, 7, 2)]  # any id order is kept
+
+
+@dataclass
+class FakeState:
+    """The part of accelerate's state the map uses: one rank of `num_processes`."""
+
+    process_index: int = 0
+    num_processes: int = 1
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.process_index == 0
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
+class Work:
+    """Value 10 x id; ids divisible by 5 are skipped. Records which ids it computed."""
+
+    def __init__(self) -> None:
+        self.computed: list[int] = []
+
+    def __call__(self, shards: list[list[int]]):
+        for shard in shards:
+            ids = [ITEMS[position][0] for position in shard]
+            self.computed += ids
+            kept = [i for i in ids if i % 5]
+            yield shard, pd.DataFrame({"item": kept, "value": [10 * i for i in kept]}), \
+                SkipCounter.of(Skip(i, "missing") for i in ids if not i % 5)
+
+
+def _map(tmp_path: Path, work: Work, *, run: str = "r", shard_size: int = 2,
+         state: FakeState | None = None, items: list = ITEMS):
+    return map_shards(items, work, shards_dir=tmp_path / "shards", run=run,
+                      shard_size=shard_size, state=state or FakeState(), key_column="item",
+                      empty=EMPTY)
+
+
+def test_one_process_maps_every_item_in_item_order(tmp_path: Path) -> None:
+    work = Work()
+    frame, skips = _map(tmp_path, work)
+    assert sorted(work.computed) == sorted(i for i, _ in ITEMS)
+    assert frame["item"].tolist() == [1, 8, 3, 7, 2]
+    assert frame["value"].tolist() == [10, 80, 30, 70, 20]
+    assert skips.as_dict() == {"missing": [5, 10]}
+    assert len(list((tmp_path / "shards").glob("shard-*.parquet"))) == 4
+
+
+def test_a_rank_shards_merge_under_another_process_count(tmp_path: Path) -> None:
+    # Rank 1 of 2 finishes its shards (2nd and 4th of 4), then the run dies; one process
+    # resumes and computes only the rest.
+    first = Work()
+    assert _map(tmp_path, first, state=FakeState(1, 2)) is None
+    assert first.computed == [8, 3, 2]
+    resumed = Work()
+    frame, skips = _map(tmp_path, resumed)
+    assert sorted(resumed.computed) == [1, 5, 7, 10]
+    fresh, fresh_skips = _map(tmp_path / "fresh", Work())
+    pd.testing.assert_frame_equal(frame, fresh)
+    assert skips.as_dict() == fresh_skips.as_dict()
+
+
+def test_execution_knobs_reuse_and_other_runs_or_inputs_redo(tmp_path: Path) -> None:
+    _map(tmp_path, Work(), shard_size=3)
+    again = Work()
+    _map(tmp_path, again, shard_size=1)  # another shard size: nothing is redone
+    assert again.computed == []
+    changed = [*ITEMS[:-1], (2, digest("other/2.jpg"))]  # item 2's input changed
+    redo = Work()
+    _map(tmp_path, redo, items=changed)
+    assert redo.computed == [2]
+    other_run = Work()
+    _map(tmp_path, other_run, run="r2")
+    assert sorted(other_run.computed) == sorted(i for i, _ in ITEMS)
+    # Clean-up keeps only the current run's shards: r wrote 3 + 1, r2 wrote 4.
+    assert remove_stale_shards(tmp_path / "shards", "r2") == 4
+    assert len(list((tmp_path / "shards").glob("shard-*.parquet"))) == 4
+
+
+def test_a_torn_shard_file_is_redone(tmp_path: Path) -> None:
+    _map(tmp_path, Work())
+    torn = sorted((tmp_path / "shards").glob("shard-*.parquet"))[0]
+    torn.write_bytes(torn.read_bytes()[:40])  # e.g. a copy cut short
+    redo = Work()
+    frame, _ = _map(tmp_path, redo)
+    assert 0 < len(redo.computed) <= 2
+    assert frame["item"].tolist() == [1, 8, 3, 7, 2]
+
+
+def test_batches_never_cross_shards_and_regroup_by_shard() -> None:
+    plan = shard_batches([[0, 1, 2], [3, 4]], lambda s: [s[i:i + 2] for i in range(0, len(s), 2)])
+    assert plan == [(0, [0, 1]), (0, [2]), (1, [3, 4])]
+    assert list(by_shard(plan, ["a", "b", "c"])) == [(0, ["a", "b"]), (1, ["c"])]
+
+
+def test_fingerprint_changes_with_what_changes_outputs_only() -> None:
+    base = fingerprint(params={"a": 1, "b": [2]}, model="m", inputs="x")
+    assert base == fingerprint(params={"b": [2], "a": 1}, model="m", inputs="x")
+    assert base != fingerprint(params={"a": 2, "b": [2]}, model="m", inputs="x")
+    assert base != fingerprint(params={"a": 1, "b": [2]}, model="m2", inputs="x")
+    assert base != fingerprint(params={"a": 1, "b": [2]}, model="m", inputs="y")
