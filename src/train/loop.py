@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from src.models.llava import IGNORE_INDEX
 from src.train.checkpoint import TrainerState, checkpoint_path, prune, write_trainer_state
+from src.train.recompute import RecomputeCounter
 from src.train.sampler import LengthGroupedBatches
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,9 @@ class LoopResult:
     samples: int = 0  # captions trained on, all processes, the whole run
     tokens_per_second: float = math.nan  # non-pad tokens, all processes, since (re)start
     skipped: Counter = field(default_factory=Counter)  # image skips by reason, all processes
+    # Layers re-run by activation checkpointing, all processes, since (re)start: one per
+    # checkpointed layer per micro-batch when it is on, 0 when it is off.
+    layer_recomputations: int = 0
 
 
 @dataclass
@@ -216,41 +220,43 @@ class Trainer:
         bar = tqdm(total=settings.total_steps, initial=state.step, desc="train", unit="step",
                    disable=not (show_progress and accelerator.is_local_main_process))
         self.model.train()
-        for epoch in range(state.epoch, self.num_epochs):
-            if result.steps >= settings.total_steps:  # e.g. resumed from the final checkpoint
-                break
-            skip = state.batches_in_epoch if epoch == state.epoch else 0
-            for consumed, batch in self._epoch_batches(epoch, skip):
-                skipped.update(batch["skipped"])
-                samples += int(batch["kept"].sum())
-                self._micro_step(batch, window)
-                if not accelerator.sync_gradients:
-                    continue
-                result.steps += 1
-                step = result.steps
-                bar.update(1)
-                if window.micro_losses:
-                    window.losses.append(torch.stack(window.micro_losses).mean())
-                    window.micro_losses = []
-                last = step == settings.total_steps
-                if step % settings.log_every == 0 or last:
-                    result.train_loss = self._log(step, window)
-                    bar.set_postfix(loss=f"{result.train_loss:.4f}")
-                    run_tokens += window.tokens
-                    window = _Window()
-                if step % settings.eval_every == 0 or last:
-                    result.val_loss = self.validate()
-                    self.log_metrics(step, {"val_loss": result.val_loss})
-                if step % settings.save_every == 0 or last:
-                    done = consumed == len(self.train_loader)
-                    self._save(TrainerState(
-                        step, epoch + done, 0 if done else consumed, settings.fingerprint,
-                        dict(self._gather_skips(skipped)), self._reduce_sum(samples),
-                        result.train_loss, result.val_loss, result.val_loss_initial))
-                if last:
+        with RecomputeCounter(self.model) as recompute:
+            for epoch in range(state.epoch, self.num_epochs):
+                if result.steps >= settings.total_steps:  # e.g. resumed from the final checkpoint
                     break
+                skip = state.batches_in_epoch if epoch == state.epoch else 0
+                for consumed, batch in self._epoch_batches(epoch, skip):
+                    skipped.update(batch["skipped"])
+                    samples += int(batch["kept"].sum())
+                    self._micro_step(batch, window)
+                    if not accelerator.sync_gradients:
+                        continue
+                    result.steps += 1
+                    step = result.steps
+                    bar.update(1)
+                    if window.micro_losses:
+                        window.losses.append(torch.stack(window.micro_losses).mean())
+                        window.micro_losses = []
+                    last = step == settings.total_steps
+                    if step % settings.log_every == 0 or last:
+                        result.train_loss = self._log(step, window)
+                        bar.set_postfix(loss=f"{result.train_loss:.4f}")
+                        run_tokens += window.tokens
+                        window = _Window()
+                    if step % settings.eval_every == 0 or last:
+                        result.val_loss = self.validate()
+                        self.log_metrics(step, {"val_loss": result.val_loss})
+                    if step % settings.save_every == 0 or last:
+                        done = consumed == len(self.train_loader)
+                        self._save(TrainerState(
+                            step, epoch + done, 0 if done else consumed, settings.fingerprint,
+                            dict(self._gather_skips(skipped)), self._reduce_sum(samples),
+                            result.train_loss, result.val_loss, result.val_loss_initial))
+                    if last:
+                        break
         bar.close()
         result.skipped = self._gather_skips(skipped)
         result.samples = self._reduce_sum(samples)
         result.tokens_per_second = self._reduce_sum(run_tokens) / (time.perf_counter() - run_start)
+        result.layer_recomputations = self._reduce_sum(recompute.recomputations)
         return result
