@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -15,13 +16,26 @@ from train_fixtures import demo_paths, tiny_config, write_demo_jsonl
 from transformers import AutoProcessor
 
 from src.data.jsonl import Example, JsonlError, read_examples, write_examples
-from src.models.llava import load_llava, processor_image_size
+from src.models.llava import IGNORE_INDEX, load_llava, processor_image_size
 from src.train import loop
+from src.train.loop import caption_losses
 from src.train.recipe import finetune
 
 # One torch thread: deterministic, and far faster than two on a busy 2-core machine.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
+
+
+def test_caption_loss_scores_each_label_with_the_logits_one_position_before() -> None:
+    """Labels come unshifted: the logits at position t score the label at t + 1. The last
+    position's logits predict nothing; huge values there catch a missing shift."""
+    logits = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [-50.0, 50.0]],
+                           [[9.0, -9.0], [0.0, 3.0], [50.0, -50.0]]])
+    labels = torch.tensor([[IGNORE_INDEX, 1, 0], [IGNORE_INDEX, IGNORE_INDEX, 1]])
+    losses = caption_losses(logits, labels)
+    # Row 0: mean of -log softmax([0, 0])[1] and -log softmax([2, 0])[0]; row 1: one token.
+    expected = [(math.log(2) + math.log(1 + math.exp(-2))) / 2, math.log(1 + math.exp(-3))]
+    assert losses.tolist() == pytest.approx(expected, rel=1e-6)
 
 
 class Killed(Exception):

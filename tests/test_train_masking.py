@@ -121,3 +121,35 @@ def test_encode_examples_drops_and_counts(processor, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="escape"):
         encode_examples(examples, tmp_path, processor, max_length=64, drop_bad_masks=False,
                         skip_bad_paths=False)
+
+
+class _WithTokenizer:
+    """`processor` with another tokenizer, everything else its own."""
+
+    def __init__(self, processor, tokenizer) -> None:
+        self._processor = processor
+        self.tokenizer = tokenizer
+
+    def __getattr__(self, name: str):
+        return getattr(self._processor, name)
+
+    def __call__(self, *args, **kwargs):
+        return self._processor(*args, **kwargs)
+
+
+def test_drop_bad_masks_counts_each_drop_by_reason(processor, tmp_path: Path) -> None:
+    """Two boundary mismatches (the merging tokenizer fuses CAPTION onto the prompt), one
+    empty caption, one over-long prompt: each dropped and counted, the good one kept."""
+    examples = [Example("ok", "a.jpg", "full", None, PROMPT, "a blue square."),
+                Example("fused1", "b.jpg", "full", None, PROMPT, CAPTION),
+                Example("empty", "c.jpg", "full", None, PROMPT, ""),
+                Example("fused2", "d.jpg", "full", None, PROMPT, CAPTION),
+                Example("long", "e.jpg", "full", None, PROMPT + " the" * 200, "a circle.")]
+    merging = _WithTokenizer(processor, _BoundaryMerging(processor.tokenizer))
+    samples, skipped = encode_examples(examples, tmp_path, merging, max_length=64,
+                                       drop_bad_masks=True, skip_bad_paths=False)
+    assert [s.example_id for s in samples] == ["ok"]
+    assert skipped == {"mask_mismatch": 2, "unsupervised": 1, "prompt_too_long": 1}
+    with pytest.raises(MaskError, match="example fused1: mask_mismatch"):
+        encode_examples(examples, tmp_path, merging, max_length=64, drop_bad_masks=False,
+                        skip_bad_paths=False)
