@@ -9,8 +9,9 @@ optimizer steps and reports the second half's tokens/s and samples/s (the loop's
 log window; the first half warms up) and, on CUDA, the peak allocated memory. On a CPU the
 recipe's own thread policy applies (threads + 2 image workers fit the cores).
 `--size real` builds the published LLaVA-1.5-7B architecture with random weights (~14 GB
-on disk, no download) and trains at 336 px (576 image tokens) with gradient checkpointing:
-LoRA in bf16, QLoRA in nf4. Each row also reports how many layers activation checkpointing
+on disk, no download) and trains at 336 px (576 image tokens), activation checkpointing on
+unless `--grad-ckpt off`: LoRA in bf16, QLoRA in nf4. bench/bench_gpu.py runs these rows
+as part of the whole table. Each row also reports how many layers activation checkpointing
 re-ran per micro-batch (the loop's own count), and a row that asks for checkpointing but
 recomputed nothing is refused: its numbers would describe a run nobody trains with.
 """
@@ -44,11 +45,11 @@ def _last_logged(live_dir: Path, name: str) -> float:
         return float(list(csv.DictReader(handle, delimiter="\t"))[-1][name])
 
 
-def write_bench_data(work: Path, num_train: int) -> tuple[Path, Path]:
+def write_bench_data(work: Path, num_train: int, num_val: int = 8) -> tuple[Path, Path]:
     """Demo images under work/coco and a JSONL of one full-image caption per train image;
     returns (COCO root, JSONL)."""
     coco = work / "coco"
-    write_demo(coco, num_train=num_train, num_val=8, seed=0)
+    write_demo(coco, num_train=num_train, num_val=num_val, seed=0)
     train_file = work / "train.jsonl"
     write_examples(train_file, validation_examples(
         coco / "annotations" / "captions_train2017.json", 0,
