@@ -43,13 +43,16 @@ from src.models.tiny import build_real_models, build_tiny_models
 MODELS = ("grounding-dino", "clip")
 
 
-def models(size: str, cache_dir: Path) -> dict[str, Path]:
-    """Built once per size into cache_dir (a real-size GroundingDINO takes a while)."""
-    paths = {name: cache_dir / size / name for name in MODELS}
+def models(size: str, cache_dir: Path, names: tuple[str, ...] = MODELS,
+           device: str = "cpu") -> dict[str, Path]:
+    """Built once per size into cache_dir (a real-size GroundingDINO takes a while; a real
+    LLaVA is ~14 GB, built faster on a GPU `device`)."""
+    paths = {name: cache_dir / size / name for name in names}
     missing = [name for name, path in paths.items() if not (path / "config.json").is_file()]
-    if missing:
-        build = build_tiny_models if size == "tiny" else build_real_models
-        build(cache_dir / size, seed=0, names=missing)
+    if size == "tiny" and missing:
+        build_tiny_models(cache_dir / size, seed=0, names=missing)
+    elif missing:
+        build_real_models(cache_dir / size, seed=0, names=missing, device=device)
     return paths
 
 

@@ -20,8 +20,11 @@ run keeps what it finished):
   the metrics, model load included.
 
 Models are random-weight checkpoints of the published architectures (`--size real`, built
-on the device, LLaVA ~14 GB) or the tiny test models; images are the synthetic demo set
-(src/data/demo.py, 192-352 px) unless `--coco-root` names a COCO-2017 layout.
+on the device, LLaVA ~14 GB) or the tiny test models, built once into `--models-dir`;
+images are the synthetic demo set (src/data/demo.py, 192-352 px) unless `--coco-root`
+names a COCO-2017 layout. Where one command may run only minutes, run the parts one by
+one (`--parts forward augment`, then `--parts train`, then `--parts eval`): they reuse
+the built models and add their rows to the same file, replacing only their own part's.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from src.data.coco import load_captions
 from src.models.clip import embed_images, load_clip
 from src.models.hub import load_pretrained
 from src.models.llava import format_prompt, load_llava, load_processor
-from src.models.tiny import build_real_models, build_tiny_models
+from src.models.tiny import MODEL_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 PHRASES = "dog. frisbee. green grass. man. red shirt. tree. park bench. blue sky."
@@ -141,7 +144,7 @@ def bench_llava_generate(model_dir: Path, image_size: int, device: torch.device,
 
 
 def bench_augment_loops(models: dict[str, Path], coco: Path, device: torch.device,
-                        batch_sizes: list[int], num_images: int,
+                        batch_sizes: list[int], num_images: int, num_workers: int,
                         record: Callable[..., None]) -> None:
     """The detect and clip_score loops on the first `num_images` train images, 8 phrases
     each (the forward rows' prompt)."""
@@ -152,7 +155,7 @@ def bench_augment_loops(models: dict[str, Path], coco: Path, device: torch.devic
         for image in sorted(captions.images.values(), key=lambda i: i.image_id)[:num_images]
         for phrase in PHRASES.rstrip(".").split(". ")])
     for row in bench_augment.measure(models, phrases, coco, device, batch_sizes, [64, 256],
-                                     num_workers=2, floor=0.15, max_crops=4096):
+                                     num_workers=num_workers, floor=0.15, max_crops=4096):
         record(part="augment", **row, items_per_s=round(row["items"] / row["loop_s"], 1),
                loop_over_forward=round(row["loop_s"] / row["forward_s"], 3))
 
@@ -179,7 +182,7 @@ def bench_training(llava: Path, coco: Path, train_file: Path, work: Path, real: 
 
 
 def bench_eval_stage(models: dict[str, Path], coco: Path, work: Path, num_images: int,
-                     batch_size: int, record: Callable[..., None]) -> None:
+                     batch_size: int, num_workers: int, record: Callable[..., None]) -> None:
     """`python -m stages.evaluate` with the base model, timed end to end."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params.update(model_id=str(models["llava"]), clip_model_id=str(models["clip"]))
@@ -192,7 +195,7 @@ def bench_eval_stage(models: dict[str, Path], coco: Path, work: Path, num_images
                "--metrics", str(out / "metrics.json"),
                "--predictions", str(out / "predictions.json"),
                "--per-image", str(out / "per_image.csv"), "--plots-dir", str(out / "plots"),
-               "--params", str(params_path)]
+               "--params", str(params_path), "--num-workers", str(num_workers)]
     start = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True)
     seconds = time.perf_counter() - start
@@ -238,7 +241,12 @@ def main() -> None:
     parser.add_argument("--coco-root", type=Path, help="a COCO-2017 layout (default: demo)")
     parser.add_argument("--eval-images", type=int, default=5000)
     parser.add_argument("--eval-batch-size", type=int, default=32)
-    parser.add_argument("--out", type=Path, help="default bench/results/<card>-<date>.json")
+    parser.add_argument("--num-workers", type=int, default=4,
+                        help="image-decoding workers of the stage loops")
+    parser.add_argument("--models-dir", type=Path, default=Path(tempfile.gettempdir()) /
+                        "bench_models", help="built checkpoints, kept for the next run")
+    parser.add_argument("--out", type=Path, help="default bench/results/<card>-<date>.json; "
+                        "rows of the parts not re-run are kept")
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -250,9 +258,11 @@ def main() -> None:
     card = _card(device)
     out = args.out or REPO / "bench" / "results" / (
         f"{card}{'' if real else '-tiny'}-{datetime.date.today().isoformat()}.json")
+    kept = json.loads(out.read_text())["rows"] if out.is_file() else []
     report = {"card": card, "size": args.size, "device": str(device),
               "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-              "commit": _commit(), "versions": _versions(), "command": sys.argv, "rows": []}
+              "commit": _commit(), "versions": _versions(), "command": sys.argv,
+              "rows": [row for row in kept if row["part"] not in args.parts]}
 
     def record(**row: object) -> None:
         report["rows"].append(row)
@@ -262,9 +272,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         start = time.perf_counter()
-        models = (build_real_models(work / "models", device=args.device) if real
-                  else build_tiny_models(work / "models"))
-        record(part="setup", task="build random-weight checkpoints",
+        models = bench_augment.models(args.size, args.models_dir, MODEL_NAMES, args.device)
+        record(part="setup", task="build (or reuse) random-weight checkpoints",
                seconds=round(time.perf_counter() - start))
         image_size = 336 if real else 32
         demo, train_file = write_bench_data(work, num_train=max(train_batches) * 40,
@@ -279,13 +288,13 @@ def main() -> None:
                                  else [1, 8, 32], 32, record)
         if "augment" in args.parts:
             bench_augment_loops(models, coco, device, detect_batches, 4 if quick else 512,
-                                record)
+                                args.num_workers, record)
         if "train" in args.parts:
             bench_training(models["llava"], demo, train_file, work, real, train_batches,
                            2 if quick else 20, record)
         if "eval" in args.parts:
             bench_eval_stage(models, coco, work, eval_images, 2 if quick
-                             else args.eval_batch_size, record)
+                             else args.eval_batch_size, args.num_workers, record)
     print(f"wrote {out}")
 
 
