@@ -88,6 +88,21 @@ def caption_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return token_losses.sum(dim=1) / (targets != IGNORE_INDEX).sum(dim=1)
 
 
+def logits_needed(labels: torch.Tensor) -> int:
+    """How many last positions' logits `caption_losses` reads: from the one before the
+    batch's earliest supervised label to the end. The image and prompt tokens before it,
+    most of a LLaVA sequence, then cost no projection onto the vocabulary."""
+    first = int((labels != IGNORE_INDEX).int().argmax(dim=1).min())
+    return min(labels.shape[1], labels.shape[1] - first + 1)
+
+
+def batch_caption_losses(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """`caption_losses` of a collated batch, computing logits only where they are read."""
+    keep = logits_needed(batch["labels"])
+    logits = model(**{key: batch[key] for key in MODEL_INPUTS}, logits_to_keep=keep).logits
+    return caption_losses(logits, batch["labels"][:, -keep:])
+
+
 class Trainer:
     """Owns one run's prepared objects; `train()` runs it from a state (fresh or resumed)."""
 
@@ -131,9 +146,8 @@ class Trainer:
 
     def _losses(self, batch: dict[str, Any]) -> torch.Tensor:
         """Caption losses of the batch's rows (of the dummy batch when it has none)."""
-        source = batch if "input_ids" in batch else self.dummy_batch
-        logits = self.model(**{key: source[key] for key in MODEL_INPUTS}).logits
-        return caption_losses(logits, source["labels"])
+        return batch_caption_losses(self.model, batch if "input_ids" in batch
+                                    else self.dummy_batch)
 
     @torch.no_grad()
     def validate(self) -> float:
