@@ -162,23 +162,23 @@ def bench_augment_loops(models: dict[str, Path], coco: Path, device: torch.devic
 
 def bench_training(llava: Path, coco: Path, train_file: Path, work: Path, real: bool,
                    batch_sizes: list[int], steps: int, record: Callable[..., None]) -> None:
-    """Per mode: checkpointing on at each batch size, then off at the fastest of them."""
+    """Per mode: checkpointing on at each batch size, then off at the fastest of them. A
+    batch that does not fit becomes an "out of memory" row."""
     for quantized in (False, True):
         def row(bsz: int, checkpointing: bool, quantized: bool = quantized) -> dict:
-            return bench_row(llava, coco, train_file, work, bsz=bsz, quantized=quantized,
-                             image_size=336 if real else 32, steps=steps,
-                             gradient_checkpointing=checkpointing)
-
-        rows = [row(bsz, True) for bsz in batch_sizes]
-        for measured in rows:
+            try:
+                measured = bench_row(llava, coco, train_file, work, bsz=bsz,
+                                     quantized=quantized, image_size=336 if real else 32,
+                                     steps=steps, gradient_checkpointing=checkpointing)
+            except torch.OutOfMemoryError:
+                measured = {"mode": "QLoRA nf4" if quantized else "LoRA", "bsz": bsz,
+                            "grad_ckpt": checkpointing, "error": "out of memory"}
             record(part="train", **measured)
-        best = max(rows, key=lambda r: r["tokens_per_s"])["bsz"]
-        try:
-            record(part="train", **row(best, False))
-        except torch.OutOfMemoryError:
-            record(part="train", mode="QLoRA nf4" if quantized else "LoRA", bsz=best,
-                   grad_ckpt=False, error="out of memory")
-            torch.cuda.empty_cache()
+            return measured
+
+        fitting = [r for r in (row(bsz, True) for bsz in batch_sizes) if "error" not in r]
+        if fitting:
+            row(max(fitting, key=lambda r: r["tokens_per_s"])["bsz"], False)
 
 
 def bench_eval_stage(models: dict[str, Path], coco: Path, work: Path, num_images: int,

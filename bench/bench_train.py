@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import gc
 import json
 import logging
 import sys
@@ -72,7 +73,9 @@ def bench_row(model_dir: Path, coco: Path, train_file: Path, work: Path, *, bsz:
     paths = FinetunePaths(train_file, coco / "train2017", coco / "annotations" /
                           "captions_val2017.json", coco / "val2017", run_dir / "lora",
                           run_dir / "checkpoints", None, run_dir / "live")
-    if torch.cuda.is_available():
+    if torch.cuda.is_available():  # the previous row's model must not count
+        gc.collect()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     metrics = finetune(config, paths, show_progress=False)
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
