@@ -44,13 +44,16 @@ from src.models.tiny import build_real_models, build_tiny_models
 MODELS = ("grounding-dino", "clip")
 
 
-def models(size: str, cache_dir: Path) -> dict[str, Path]:
-    """Built once per size into cache_dir (a real-size GroundingDINO takes a while)."""
-    paths = {name: cache_dir / size / name for name in MODELS}
+def models(size: str, cache_dir: Path, names: tuple[str, ...] = MODELS,
+           device: str = "cpu") -> dict[str, Path]:
+    """Built once per size into cache_dir (a real-size GroundingDINO takes a while; a real
+    LLaVA is ~14 GB, built faster on a GPU `device`)."""
+    paths = {name: cache_dir / size / name for name in names}
     missing = [name for name, path in paths.items() if not (path / "config.json").is_file()]
-    if missing:
-        build = build_tiny_models if size == "tiny" else build_real_models
-        build(cache_dir / size, seed=0, names=missing)
+    if size == "tiny" and missing:
+        build_tiny_models(cache_dir / size, seed=0, names=missing)
+    elif missing:
+        build_real_models(cache_dir / size, seed=0, names=missing, device=device)
     return paths
 
 
@@ -92,7 +95,7 @@ def bench_detect(model_dir: Path, plan_images: list, image_dir: Path, device: to
     forward_s = seconds(forwards, device)
     frame = pd.concat(frames, ignore_index=True)
     return {"stage": "detect", "batch": batch_size, "items": len(plan_images),
-            "unit": "images", "loop_s": loop_s, "forward_s": forward_s,
+            "unit": "images", "loop_s": round(loop_s, 3), "forward_s": round(forward_s, 3),
             "note": f"{len(frame) / len(plan_images):.0f} candidates/image"}, frame
 
 
@@ -113,7 +116,32 @@ def bench_clip(model_dir: Path, regions: pd.DataFrame, image_dir: Path, device: 
             paired_cosine_pixels(model, processor, pixels, [captions[i] for i in rows])
 
     return {"stage": "clip_score", "batch": batch_size, "items": len(regions), "unit": "crops",
-            "loop_s": loop_s, "forward_s": seconds(forwards, device), "note": ""}
+            "loop_s": round(loop_s, 3), "forward_s": round(seconds(forwards, device), 3),
+            "note": ""}
+
+
+def measure(paths: dict[str, Path], phrases: pd.DataFrame, coco_root: Path,
+            device: torch.device, batch_sizes: list[int], clip_batch_sizes: list[int], *,
+            num_workers: int, floor: float, max_crops: int, repeat: int = 1) -> list[dict]:
+    """detect rows for `batch_sizes`, then clip_score rows on the first run's candidates."""
+    detector_processor = load_pretrained(AutoProcessor.from_pretrained, paths["grounding-dino"])
+    images = plan_queries(phrases, detector_processor.tokenizer, 256).images
+    images = [dataclasses.replace(image, image_id=image.image_id + copy * 10**9)
+              for copy in range(repeat) for image in images]
+    image_dir = coco_root / find_image_dir(coco_root, [i.file_name for i in images])
+    rows, regions = [], None
+    with tempfile.TemporaryDirectory() as work:
+        for batch_size in batch_sizes:
+            result, frame = bench_detect(paths["grounding-dino"], images, image_dir, device,
+                                         batch_size, num_workers, floor, Path(work))
+            rows.append(result)
+            regions = frame if regions is None else regions
+    regions = drop_small_boxes(regions, 0.02).head(max_crops).reset_index(drop=True)
+    regions["caption"] = regions["phrase"]
+    for batch_size in clip_batch_sizes:
+        rows.append(bench_clip(paths["clip"], regions, image_dir, device, batch_size,
+                               num_workers))
+    return rows
 
 
 def main() -> None:
@@ -139,29 +167,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    paths = models(args.size, args.models_dir)
-
     phrases = pd.read_parquet(args.phrases)
     if args.max_images:
         phrases = phrases[phrases["image_id"].isin(sorted(set(phrases["image_id"]))
                                                    [:args.max_images])]
-    detector_processor = load_pretrained(AutoProcessor.from_pretrained, paths["grounding-dino"])
-    images = plan_queries(phrases, detector_processor.tokenizer, 256).images
-    images = [dataclasses.replace(image, image_id=image.image_id + copy * 10**9)
-              for copy in range(args.repeat) for image in images]
-    image_dir = args.coco_root / find_image_dir(args.coco_root, [i.file_name for i in images])
-    rows, regions = [], None
-    with tempfile.TemporaryDirectory() as work:
-        for batch_size in args.batch_sizes:
-            result, frame = bench_detect(paths["grounding-dino"], images, image_dir, device,
-                                         batch_size, args.num_workers, args.floor, Path(work))
-            rows.append(result)
-            regions = frame if regions is None else regions
-    regions = drop_small_boxes(regions, 0.02).head(args.max_crops).reset_index(drop=True)
-    regions["caption"] = regions["phrase"]
-    for batch_size in args.clip_batch_sizes:
-        rows.append(bench_clip(paths["clip"], regions, image_dir, device, batch_size,
-                               args.num_workers))
+    rows = measure(models(args.size, args.models_dir), phrases, args.coco_root, device,
+                   args.batch_sizes, args.clip_batch_sizes, num_workers=args.num_workers,
+                   floor=args.floor, max_crops=args.max_crops, repeat=args.repeat)
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{args.threads}"
     print(f"\n{args.size} models on {name}, {args.num_workers} DataLoader workers")

@@ -17,13 +17,13 @@ from transformers import (
     AutoModelForImageTextToText,
     AutoModelForZeroShotObjectDetection,
     AutoProcessor,
-    BitsAndBytesConfig,
     CLIPModel,
     GroundingDinoForObjectDetection,
 )
 
 from src.data.demo import caption_words
 from src.models.hub import load_pretrained
+from src.models.llava import quantization_config
 from src.models.tiny import (
     MODEL_NAMES,
     PROMPTS,
@@ -214,18 +214,20 @@ def test_llava_trains_and_generates(tiny_dir: Path, image: Image.Image) -> None:
 def test_llava_loads_in_4bit_with_vision_and_head_skipped(
     tiny_dir: Path, image: Image.Image
 ) -> None:
+    """Through the project's own QLoRA config (`src.models.llava.quantization_config`)."""
     bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
-    quantization_config = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        llm_int8_skip_modules=["model.vision_tower", "model.multi_modal_projector", "lm_head"],
-    )
+    config = quantization_config()
+    assert (config.bnb_4bit_quant_type, config.bnb_4bit_use_double_quant) == ("nf4", True)
+    assert config.bnb_4bit_compute_dtype == torch.bfloat16
     model = load_pretrained(
         AutoModelForImageTextToText.from_pretrained,
         tiny_dir / "llava",
-        quantization_config=quantization_config,
+        quantization_config=config,
         device_map="cpu",
     )
+    quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(quantized) == 14  # 7 projections x 2 Llama layers: the whole language model
+    assert {m.weight.quant_type for m in quantized} == {"nf4"}
     assert isinstance(model.model.language_model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
     vision_linears = [
         m for m in model.model.vision_tower.modules() if isinstance(m, torch.nn.Linear)

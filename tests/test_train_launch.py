@@ -15,7 +15,8 @@ from train_fixtures import REPO, write_demo_jsonl
 from transformers import AutoProcessor
 
 from src.models.llava import processor_image_size
-from src.train import finetune_llava
+from src.train import finetune_llava, recipe
+from src.train.model import prepare_for_training
 
 # One torch thread: deterministic, and far faster than two on a busy 2-core machine.
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
@@ -38,12 +39,29 @@ def _seed_args(demo_coco: Path, train_file: Path, out: Path, llava: Path) -> lis
             "--params", str(REPO / "params.yaml"), "--num-workers", "0"]
 
 
-def test_seed_command_trains_at_an_interpolated_image_size(tiny_models, demo_coco: Path,
-                                                           train_file: Path,
-                                                           tmp_path: Path) -> None:
-    """--image-size 48 on the 32-px tiny tower; --image-root defaults to the COCO root."""
+def test_seed_command_trains_at_an_interpolated_image_size(
+        tiny_models, demo_coco: Path, train_file: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--image-size 48 on the 32-px tiny tower; --image-root defaults to the COCO root.
+    --load-in-4bit: the model the recipe trains holds nf4 weights in the language model."""
+    import bitsandbytes as bnb
+
+    trained = []
+
+    def keep_model(*args, **kwargs):
+        trained.append(prepare_for_training(*args, **kwargs))
+        return trained[-1]
+
+    monkeypatch.setattr(recipe, "prepare_for_training", keep_model)
     finetune_llava.main([*_seed_args(demo_coco, train_file, tmp_path, tiny_models["llava"]),
                          "--image-size", "48", "--load-in-4bit"])
+    (model,) = trained
+    quantized = [name for name, module in model.named_modules()
+                 if isinstance(module, bnb.nn.Linear4bit)]
+    # 7 projections in each of the 2 Llama layers; vision tower, projector and lm_head kept.
+    assert len(quantized) == 14 and all(".language_model.layers." in name for name in quantized)
+    assert {module.weight.quant_type for module in model.modules()
+            if isinstance(module, bnb.nn.Linear4bit)} == {"nf4"}
     metrics = json.loads((tmp_path / "train.json").read_text())
     assert metrics["steps"] == 3 and metrics["samples_trained"] == 24
     assert metrics["val_loss"] < metrics["val_loss_initial"]

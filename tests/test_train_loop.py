@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -15,13 +16,52 @@ from train_fixtures import demo_paths, tiny_config, write_demo_jsonl
 from transformers import AutoProcessor
 
 from src.data.jsonl import Example, JsonlError, read_examples, write_examples
-from src.models.llava import load_llava, processor_image_size
+from src.models.llava import IGNORE_INDEX, load_llava, load_processor, processor_image_size
 from src.train import loop
+from src.train.data import CaptionDataset, Collate, encode_examples
+from src.train.loop import batch_caption_losses, caption_losses
 from src.train.recipe import finetune
 
 # One torch thread: deterministic, and far faster than two on a busy 2-core machine.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
+
+
+def test_caption_loss_scores_each_label_with_the_logits_one_position_before() -> None:
+    """Labels come unshifted: the logits at position t score the label at t + 1. The last
+    position's logits predict nothing; huge values there catch a missing shift."""
+    logits = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [-50.0, 50.0]],
+                           [[9.0, -9.0], [0.0, 3.0], [50.0, -50.0]]])
+    labels = torch.tensor([[IGNORE_INDEX, 1, 0], [IGNORE_INDEX, IGNORE_INDEX, 1]])
+    losses = caption_losses(logits, labels)
+    # Row 0: mean of -log softmax([0, 0])[1] and -log softmax([2, 0])[0]; row 1: one token.
+    expected = [(math.log(2) + math.log(1 + math.exp(-2))) / 2, math.log(1 + math.exp(-3))]
+    assert losses.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_logits_only_where_the_loss_reads_them(tiny_models, demo_coco: Path,
+                                               train_file: Path) -> None:
+    """A right-padded batch of a long and a short caption: the loss from the kept logits
+    equals the loss from all of them, and the vocabulary projection sees only the tail."""
+    processor = load_processor(str(tiny_models["llava"]), 32)
+    examples, _ = read_examples(train_file)
+    pair = [next(e for e in examples if e.kind == "full"),
+            next(e for e in examples if e.kind == "region")]
+    samples, _ = encode_examples(pair, processor, max_length=128, drop_bad_masks=False)
+    dataset = CaptionDataset(samples, processor, demo_coco)
+    batch = Collate(processor.tokenizer.pad_token_id)([dataset[0], dataset[1]])
+    model = load_llava(str(tiny_models["llava"]), 32, dtype=torch.float32).eval()
+    projected = []
+    model.lm_head.register_forward_hook(lambda module, args, out: projected.append(out.shape[1]))
+    with torch.no_grad():
+        kept = batch_caption_losses(model, batch)
+        full = caption_losses(model(**{k: batch[k] for k in loop.MODEL_INPUTS}).logits,
+                              batch["labels"])
+    length = batch["labels"].shape[1]
+    caption_start = min(next(i for i, label in enumerate(s.labels) if label != IGNORE_INDEX)
+                        for s in samples)
+    assert projected == [length - caption_start + 1, length] and projected[0] < length / 2
+    torch.testing.assert_close(kept, full, rtol=1e-6, atol=1e-6)
 
 
 class Killed(Exception):

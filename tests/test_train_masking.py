@@ -117,3 +117,34 @@ def test_encode_examples_drops_and_counts(processor) -> None:
     assert [s.example_id for s in samples] == ["ok", "escape"]  # a path is checked when read
     assert samples[0].image == "a.jpg"
     assert skipped.as_dict() == {"prompt_too_long": ["long"]}
+
+
+class _WithTokenizer:
+    """`processor` with another tokenizer, everything else its own."""
+
+    def __init__(self, processor, tokenizer) -> None:
+        self._processor = processor
+        self.tokenizer = tokenizer
+
+    def __getattr__(self, name: str):
+        return getattr(self._processor, name)
+
+    def __call__(self, *args, **kwargs):
+        return self._processor(*args, **kwargs)
+
+
+def test_drop_bad_masks_counts_each_drop_by_reason(processor) -> None:
+    """Two boundary mismatches (the merging tokenizer fuses CAPTION onto the prompt), one
+    empty caption, one over-long prompt: each dropped and counted, the good one kept."""
+    examples = [Example("ok", "a.jpg", "full", None, PROMPT, "a blue square."),
+                Example("fused1", "b.jpg", "full", None, PROMPT, CAPTION),
+                Example("empty", "c.jpg", "full", None, PROMPT, ""),
+                Example("fused2", "d.jpg", "full", None, PROMPT, CAPTION),
+                Example("long", "e.jpg", "full", None, PROMPT + " the" * 200, "a circle.")]
+    merging = _WithTokenizer(processor, _BoundaryMerging(processor.tokenizer))
+    samples, skipped = encode_examples(examples, merging, max_length=64, drop_bad_masks=True)
+    assert [s.example_id for s in samples] == ["ok"]
+    assert skipped.as_dict() == {"mask_mismatch": ["fused1", "fused2"], "unsupervised": ["empty"],
+                                 "prompt_too_long": ["long"]}
+    with pytest.raises(MaskError, match="example fused1: mask_mismatch"):
+        encode_examples(examples, merging, max_length=64, drop_bad_masks=False)

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from src.data.skips import SkipCounter
 from src.models.llava import IGNORE_INDEX
 from src.train.checkpoint import TrainerState, checkpoint_path, prune, write_trainer_state
+from src.train.recompute import RecomputeCounter
 from src.train.sampler import LengthGroupedBatches
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ class LoopResult:
     samples: int = 0  # captions trained on, all processes, the whole run
     tokens_per_second: float = math.nan  # non-pad tokens, all processes, since (re)start
     skipped: SkipCounter = field(default_factory=SkipCounter)  # image skips, all processes
+    # Layers re-run by activation checkpointing, all processes, since (re)start: one per
+    # checkpointed layer per micro-batch when it is on, 0 when it is off.
+    layer_recomputations: int = 0
 
 
 @dataclass
@@ -81,6 +85,21 @@ def caption_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX,
         reduction="none")
     return token_losses.sum(dim=1) / (targets != IGNORE_INDEX).sum(dim=1)
+
+
+def logits_needed(labels: torch.Tensor) -> int:
+    """How many last positions' logits `caption_losses` reads: from the one before the
+    batch's earliest supervised label to the end. The image and prompt tokens before it,
+    most of a LLaVA sequence, then cost no projection onto the vocabulary."""
+    first = int((labels != IGNORE_INDEX).int().argmax(dim=1).min())
+    return min(labels.shape[1], labels.shape[1] - first + 1)
+
+
+def batch_caption_losses(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """`caption_losses` of a collated batch, computing logits only where they are read."""
+    keep = logits_needed(batch["labels"])
+    logits = model(**{key: batch[key] for key in MODEL_INPUTS}, logits_to_keep=keep).logits
+    return caption_losses(logits, batch["labels"][:, -keep:])
 
 
 class Trainer:
@@ -126,9 +145,8 @@ class Trainer:
 
     def _losses(self, batch: dict[str, Any]) -> torch.Tensor:
         """Caption losses of the batch's rows (of the dummy batch when it has none)."""
-        source = batch if "input_ids" in batch else self.dummy_batch
-        logits = self.model(**{key: source[key] for key in MODEL_INPUTS}).logits
-        return caption_losses(logits, source["labels"])
+        return batch_caption_losses(self.model, batch if "input_ids" in batch
+                                    else self.dummy_batch)
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -209,42 +227,44 @@ class Trainer:
         bar = tqdm(total=settings.total_steps, initial=state.step, desc="train", unit="step",
                    disable=not (show_progress and accelerator.is_local_main_process))
         self.model.train()
-        for epoch in range(state.epoch, self.num_epochs):
-            if result.steps >= settings.total_steps:  # e.g. resumed from the final checkpoint
-                break
-            skip = state.batches_in_epoch if epoch == state.epoch else 0
-            for consumed, batch in self._epoch_batches(epoch, skip):
-                for skip in batch["skipped"]:
-                    skipped.add(skip)
-                samples += int(batch["kept"].sum())
-                self._micro_step(batch, window)
-                if not accelerator.sync_gradients:
-                    continue
-                result.steps += 1
-                step = result.steps
-                bar.update(1)
-                if window.micro_losses:
-                    window.losses.append(torch.stack(window.micro_losses).mean())
-                    window.micro_losses = []
-                last = step == settings.total_steps
-                if step % settings.log_every == 0 or last:
-                    result.train_loss = self._log(step, window)
-                    bar.set_postfix(loss=f"{result.train_loss:.4f}")
-                    run_tokens += window.tokens
-                    window = _Window()
-                if step % settings.eval_every == 0 or last:
-                    result.val_loss = self.validate()
-                    self.log_metrics(step, {"val_loss": result.val_loss})
-                if step % settings.save_every == 0 or last:
-                    done = consumed == len(self.train_loader)
-                    self._save(TrainerState(
-                        step, epoch + done, 0 if done else consumed, settings.fingerprint,
-                        skipped.gathered().ids, self._reduce_sum(samples),
-                        result.train_loss, result.val_loss, result.val_loss_initial))
-                if last:
+        with RecomputeCounter(self.model) as recompute:
+            for epoch in range(state.epoch, self.num_epochs):
+                if result.steps >= settings.total_steps:  # e.g. resumed from the final checkpoint
                     break
+                skip = state.batches_in_epoch if epoch == state.epoch else 0
+                for consumed, batch in self._epoch_batches(epoch, skip):
+                    for skip in batch["skipped"]:
+                        skipped.add(skip)
+                    samples += int(batch["kept"].sum())
+                    self._micro_step(batch, window)
+                    if not accelerator.sync_gradients:
+                        continue
+                    result.steps += 1
+                    step = result.steps
+                    bar.update(1)
+                    if window.micro_losses:
+                        window.losses.append(torch.stack(window.micro_losses).mean())
+                        window.micro_losses = []
+                    last = step == settings.total_steps
+                    if step % settings.log_every == 0 or last:
+                        result.train_loss = self._log(step, window)
+                        bar.set_postfix(loss=f"{result.train_loss:.4f}")
+                        run_tokens += window.tokens
+                        window = _Window()
+                    if step % settings.eval_every == 0 or last:
+                        result.val_loss = self.validate()
+                        self.log_metrics(step, {"val_loss": result.val_loss})
+                    if step % settings.save_every == 0 or last:
+                        done = consumed == len(self.train_loader)
+                        self._save(TrainerState(
+                            step, epoch + done, 0 if done else consumed, settings.fingerprint,
+                            skipped.gathered().ids, self._reduce_sum(samples),
+                            result.train_loss, result.val_loss, result.val_loss_initial))
+                    if last:
+                        break
         bar.close()
         result.skipped = skipped.gathered()
         result.samples = self._reduce_sum(samples)
         result.tokens_per_second = self._reduce_sum(run_tokens) / (time.perf_counter() - run_start)
+        result.layer_recomputations = self._reduce_sum(recompute.recomputations)
         return result

@@ -43,15 +43,23 @@ def prepare_for_training(model: LlavaForConditionalGeneration, settings: LoraSet
                          gradient_checkpointing: bool, quantized: bool) -> PeftModel:
     """Wrap `model` with LoRA; every base weight is frozen except a trained projector copy.
 
+    The model is returned in train mode: `from_pretrained` gives eval mode, which
+    `get_peft_model` does not change, and transformers checkpoints a layer (and LoRA drops
+    out) only in train mode.
+
     Raises ValueError when the regex wraps a vision-tower or projector module.
     """
-    model.config.use_cache = False  # no KV cache in training (it warns with checkpointing)
+    model.config.get_text_config().use_cache = False  # no KV cache in training
     if quantized:  # norms and unquantised layers to float32, base weights frozen
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    if gradient_checkpointing:  # non-reentrant: frozen inputs need no requires_grad hack
+    peft_model = get_peft_model(model, peft_config(settings))
+    if gradient_checkpointing:  # after LoRA: peft would hook the embeddings again
         model.activation_checkpointing_enable(
             activation_checkpointing_kwargs={"use_reentrant": False})
-    peft_model = get_peft_model(model, peft_config(settings))
+        # Non-reentrant checkpointing needs no inputs that require grad. transformers sets
+        # them anyway on every embedding, the frozen vision tower's too, so each backward
+        # pass would recompute and back-propagate through the whole tower for nothing.
+        model.disable_input_require_grads()
     for param in peft_model.parameters():  # float32 master weights under bf16 autocast
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
@@ -60,6 +68,7 @@ def prepare_for_training(model: LlavaForConditionalGeneration, settings: LoraSet
     if outside:
         raise ValueError(f"lora_target {settings.target_regex!r} wraps modules outside the "
                          f"language model, e.g. {outside[0]}: restrict it to language_model")
+    peft_model.train()
     return peft_model
 
 
