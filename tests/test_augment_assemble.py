@@ -16,10 +16,9 @@ from src.augment.assemble import (
     cap_regions,
     cross_phrase_nms,
     passes_box_text,
-    sweep_csv,
     threshold_sweep,
 )
-from src.augment.gallery import CELL, KEPT, choose_gallery, draw_boxes, grid
+from src.augment.gallery import CELL, KEPT, LEGEND_HEIGHT, TRUTH, choose_gallery, draw_boxes, grid
 
 COLUMNS = ["name", "image_id", "phrase_index", "query_index", "box_x0", "box_y0", "box_x1",
            "box_y1", "box_score", "phrase_score", "clip_score"]
@@ -62,8 +61,9 @@ def test_box_and_text_thresholds_are_inclusive(regions: pd.DataFrame) -> None:
 
 def test_iou() -> None:
     others = pd.DataFrame([[1, 0, 11, 10], [2, 0, 12, 10], [20, 20, 30, 30]]).to_numpy(float)
-    assert box_iou(pd.Series([0, 0, 10, 10]).to_numpy(float), others).tolist() == pytest.approx(
-        [90 / 110, 80 / 120, 0.0])
+    boxes = pd.DataFrame([[0, 0, 10, 10], [20, 20, 30, 30]]).to_numpy(float)
+    assert box_iou(boxes, others).tolist() == [pytest.approx([90 / 110, 80 / 120, 0.0]),
+                                               pytest.approx([0.0, 0.0, 1.0])]
 
 
 def test_nms_keeps_one_phrase_per_box_and_suppresses_overlaps(regions: pd.DataFrame) -> None:
@@ -159,12 +159,14 @@ def test_inconsistent_region_settings_fail_at_start(config: AssembleConfig, regi
         dataclasses.replace(config, region_format=region_format, region_prompt=prompt)
 
 
-def test_threshold_sweep(regions: pd.DataFrame) -> None:
-    sweep = threshold_sweep(regions)
-    assert len(sweep) == 51 and sweep[0] == (0.0, 8) and sweep[-1] == (0.5, 3)
-    assert dict(sweep)[0.27] == 7 and dict(sweep)[0.28] == 6 and dict(sweep)[0.3] == 6
-    lines = sweep_csv(sweep).splitlines()
-    assert lines[:2] == ["clip_threshold,regions_kept", "0.00,8"] and lines[-1] == "0.50,3"
+def test_threshold_sweep_spans_the_scores(regions: pd.DataFrame) -> None:
+    sweep = threshold_sweep(regions)  # clip scores 0.20 ... 0.90
+    kept = dict(zip(sweep["clip_threshold"], sweep["regions_kept"], strict=True))
+    assert len(sweep) == 71 and min(kept) == 0.2 and max(kept) == 0.9
+    assert (kept[0.2], kept[0.27], kept[0.28], kept[0.3], kept[0.9]) == (8, 7, 6, 6, 2)
+    assert sweep.to_csv(index=False).splitlines()[:2] == ["clip_threshold,regions_kept",
+                                                          "0.2,8"]
+    assert len(threshold_sweep(regions.head(0))) == 51
 
 
 def test_gallery_marks_kept_boxes(regions: pd.DataFrame) -> None:
@@ -177,5 +179,11 @@ def test_gallery_marks_kept_boxes(regions: pd.DataFrame) -> None:
         ("d thing 0.20", False), ("e thing 0.27", False)]
     tile = draw_boxes(Image.new("RGB", (20, 40), (0, 0, 0)), gallery[1])
     assert max(tile.size) == CELL
-    assert KEPT in {color for _, color in tile.getcolors(CELL * CELL)}
-    assert grid([tile] * 5).size == (4 * CELL, 2 * CELL)
+    colors = {color for _, color in tile.getcolors(CELL * CELL)}
+    assert KEPT in colors and TRUTH not in colors
+    with_truth = draw_boxes(Image.new("RGB", (20, 40), (0, 0, 0)), [], [(5, 10, 15, 30)])
+    truth_pixels = (pd.DataFrame(list(with_truth.getdata())) == TRUTH).all(axis=1)
+    assert 0 < truth_pixels.sum() < 0.05 * CELL * CELL  # a thin outline, not a fill
+    assert with_truth.getpixel((40, 160)) == TRUTH  # the left edge, scaled by CELL / 40 = 8
+    assert with_truth.getpixel((80, 160)) == (0, 0, 0)  # inside stays as it was
+    assert grid([tile] * 5).size == (4 * CELL, LEGEND_HEIGHT + 2 * CELL)

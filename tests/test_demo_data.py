@@ -31,7 +31,8 @@ def test_loads_with_pycocotools(demo_coco: Path) -> None:
         captions = COCO(str(demo_coco / f"annotations/captions_{split}2017.json"))
         instances = COCO(str(demo_coco / f"annotations/instances_{split}2017.json"))
         assert len(captions.getImgIds()) == count
-        assert {c["name"] for c in instances.loadCats(instances.getCatIds())} == set(SHAPES)
+        assert {c["name"] for c in instances.loadCats(instances.getCatIds())} == {
+            f"{color} {kind}" for color in COLORS for kind in SHAPES}
         for image_id in captions.getImgIds():
             assert len(captions.getAnnIds(imgIds=image_id)) == 5
             info = captions.loadImgs(image_id)[0]
@@ -40,24 +41,27 @@ def test_loads_with_pycocotools(demo_coco: Path) -> None:
 
 
 def test_captions_name_what_is_drawn(demo_coco: Path) -> None:
-    """Every caption's shapes exist in the image's true boxes, with their colours."""
+    """Every box's category is the colour drawn in it and the shape captions name there;
+    every caption names a true box's category, with its size."""
     captions = COCO(str(demo_coco / "annotations/captions_train2017.json"))
     instances = COCO(str(demo_coco / "annotations/instances_train2017.json"))
     vocabulary = set(caption_words())
     for image_id in captions.getImgIds():
         info = captions.loadImgs(image_id)[0]
-        kinds = {instances.loadCats(a["category_id"])[0]["name"]
-                 for a in instances.loadAnns(instances.getAnnIds(imgIds=image_id))}
+        boxes = instances.loadAnns(instances.getAnnIds(imgIds=image_id))
+        named = {f"{b['attributes']['size']} {instances.loadCats(b['category_id'])[0]['name']}"
+                 for b in boxes}
+        texts = [a["caption"].lower() for a in
+                 captions.loadAnns(captions.getAnnIds(imgIds=image_id))]
         image = Image.open(demo_coco / "train2017" / info["file_name"]).convert("RGB")
-        for box in instances.loadAnns(instances.getAnnIds(imgIds=image_id)):
+        for box in boxes:
             x, y, w, h = box["bbox"]
             centre = image.getpixel((int(x + w / 2), int(y + h * 0.6)))
-            named = min(COLORS, key=lambda c: sum((a - b) ** 2 for a, b in zip(COLORS[c], centre,
+            drawn = min(COLORS, key=lambda c: sum((a - b) ** 2 for a, b in zip(COLORS[c], centre,
                                                                                strict=True)))
-            assert any(named in a["caption"].lower() for a in
-                       captions.loadAnns(captions.getAnnIds(imgIds=image_id)))
-        for annotation in captions.loadAnns(captions.getAnnIds(imgIds=image_id)):
-            words = annotation["caption"].lower().replace(".", " ").replace(",", " ")
-            words = words.replace(":", " ").split()
+            assert instances.loadCats(box["category_id"])[0]["name"].split()[0] == drawn
+        assert len({b["category_id"] for b in boxes}) == len(boxes)  # one box per category
+        for text in texts:
+            words = text.replace(".", " ").replace(",", " ").replace(":", " ").split()
             assert set(words) <= vocabulary
-            assert any(kind in words for kind in kinds)
+            assert any(phrase in " ".join(words) for phrase in named)

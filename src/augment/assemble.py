@@ -10,6 +10,7 @@ examples in the same order.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,6 @@ REGION_FORMATS = ("crop", "box")
 BOX_PLACEHOLDER = "{box}"
 BOX_COLUMNS = ["box_x0", "box_y0", "box_x1", "box_y1"]
 REGION_KEY = ["image_id", "phrase_index", "query_index"]  # one (box, phrase) candidate
-SWEEP_THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(51))  # 0.00 ... 0.50
 
 
 @dataclass(frozen=True)
@@ -55,16 +55,14 @@ def passes_box_text(regions: pd.DataFrame, box_threshold: float,
     return regions[keep].reset_index(drop=True)
 
 
-def box_iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """IoU of one xyxy box with each row of `others`."""
-    x0 = np.maximum(box[0], others[:, 0])
-    y0 = np.maximum(box[1], others[:, 1])
-    x1 = np.minimum(box[2], others[:, 2])
-    y1 = np.minimum(box[3], others[:, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
-    union = area + areas - inter
+def box_iou(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """IoU of each xyxy row of `boxes` (n, 4) with each row of `others` (m, 4): (n, m)."""
+    top_left = np.maximum(boxes[:, None, :2], others[None, :, :2])
+    bottom_right = np.minimum(boxes[:, None, 2:], others[None, :, 2:])
+    inter = np.clip(bottom_right - top_left, 0, None).prod(axis=2)
+    areas = (boxes[:, 2:] - boxes[:, :2]).prod(axis=1)
+    other_areas = (others[:, 2:] - others[:, :2]).prod(axis=1)
+    union = areas[:, None] + other_areas[None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
@@ -84,7 +82,7 @@ def cross_phrase_nms(regions: pd.DataFrame, iou_threshold: float) -> pd.DataFram
                 continue
             kept_rows.append(group.index[i])
             rest = np.arange(i + 1, len(group))
-            alive[rest[box_iou(boxes[i], boxes[rest]) > iou_threshold]] = False
+            alive[rest[box_iou(boxes[i:i + 1], boxes[rest])[0] > iou_threshold]] = False
     survivors = regions.loc[sorted(kept_rows)]
     return survivors.sort_values(REGION_KEY, kind="stable", ignore_index=True)
 
@@ -140,14 +138,15 @@ def example_order(example: Example) -> tuple[int, str, str]:
     return int(example.id.split("-", 1)[0]), example.kind, example.id
 
 
-def threshold_sweep(regions: pd.DataFrame) -> list[tuple[float, int]]:
-    """(clip_threshold, regions kept) for thresholds 0.00 to 0.50 by 0.01."""
-    scores = regions["clip_score"].to_numpy()
-    return [(t, int((scores >= t).sum())) for t in SWEEP_THRESHOLDS]
-
-
-def sweep_csv(sweep: list[tuple[float, int]]) -> str:
-    return "clip_threshold,regions_kept\n" + "".join(f"{t:.2f},{n}\n" for t, n in sweep)
+def threshold_sweep(regions: pd.DataFrame) -> pd.DataFrame:
+    """Regions kept at each clip_threshold, by 0.01 across the scores' range (0.00 to
+    0.50 when there are none), so the curve shows whatever CLIP variant scored them."""
+    scores = regions["clip_score"].to_numpy(float)
+    low, high = (math.floor(round(100 * scores.min(), 6)),
+                 math.ceil(round(100 * scores.max(), 6))) if len(scores) else (0, 50)
+    thresholds = [round(0.01 * i, 2) for i in range(low, high + 1)]
+    return pd.DataFrame({"clip_threshold": thresholds,
+                         "regions_kept": [int((scores >= t).sum()) for t in thresholds]})
 
 
 @dataclass(frozen=True)
@@ -156,6 +155,7 @@ class Assembly:
     after_box_text: pd.DataFrame
     after_nms: pd.DataFrame
     chosen: pd.DataFrame  # the regions that became examples
+    image_ids: frozenset[int]  # the readable captioned images the examples come from
     metrics: dict[str, Any]
 
 
@@ -200,4 +200,5 @@ def assemble(captions: pd.DataFrame, regions: pd.DataFrame, counts: dict[str, An
         "full_examples": len(full),
         "region_examples": len(chosen),
     }
-    return Assembly(examples, after_box_text, after_nms, chosen, metrics)
+    image_ids = frozenset(int(i) for i in usable["image_id"].unique())
+    return Assembly(examples, after_box_text, after_nms, chosen, image_ids, metrics)

@@ -8,7 +8,8 @@ It runs the DVC stages' own steps in order (`src.augment.steps`: phrases, detect
 clip_score, assemble) on a work folder beside --out, so it cannot drift from `dvc repro`.
 Knobs not given here come from --params (params.yaml). Writes FILE.jsonl,
 FILE.stats.json (the metrics of metrics/augment.json) and FILE_work/ (the params used,
-tables, resumable detection shards, the gallery and the threshold sweep).
+tables, resumable detection shards, the gallery and the threshold sweep). Where
+annotations/instances_{split}2017.json exists, the regions are measured against its boxes.
 """
 
 from __future__ import annotations
@@ -66,8 +67,10 @@ def main(argv: list[str] | None = None) -> None:
                work / "detections.parquet", args.device)
     run_clip_score(params, work / "detections.parquet", args.coco_root,
                    work / "regions.parquet", args.device)
+    instances = args.coco_root / "annotations" / f"instances_{args.split}2017.json"
     run_assemble(params, work / "captions.parquet", work / "regions.parquet", args.coco_root,
-                 args.out, args.out.with_suffix(".stats.json"), work / "plots")
+                 args.out, args.out.with_suffix(".stats.json"), work / "plots",
+                 instances if instances.is_file() else None)
 
 
 if __name__ == "__main__":

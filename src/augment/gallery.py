@@ -2,7 +2,8 @@
 
 Kept boxes (those that became region examples) are green and thick; dropped
 ones (NMS, CLIP threshold or the cap) red, thin and dashed. Each box is labelled
-with its phrase and CLIP score.
+with its phrase and CLIP score. Ground-truth boxes, where known, are thin and cyan,
+beneath the others; a legend heads the sheet.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 KEPT = (40, 200, 60)
 DROPPED = (230, 40, 40)
+TRUTH = (0, 210, 255)
+LEGEND = (("kept region", KEPT), ("dropped region", DROPPED), ("ground truth", TRUTH))
+LEGEND_HEIGHT = 18
 CELL = 320  # pixels of a grid cell's longer side
 COLUMNS = 4
 DASH = 6
@@ -56,12 +60,26 @@ def _dashed_rectangle(draw: ImageDraw.ImageDraw, box: tuple[float, ...], color: 
             start += 2 * DASH
 
 
-def draw_boxes(image: Image.Image, boxes: list[GalleryBox]) -> Image.Image:
-    """`image` scaled to fit a CELL square, with `boxes` drawn (kept ones on top)."""
+def truth_boxes(truth: pd.DataFrame | None,
+                image_id: int) -> list[tuple[float, float, float, float]]:
+    """The ground-truth xyxy boxes of one image (none when there is no ground truth)."""
+    if truth is None:
+        return []
+    rows = truth[truth["image_id"] == image_id]
+    return [tuple(map(float, box)) for box in
+            rows[["box_x0", "box_y0", "box_x1", "box_y1"]].to_numpy()]
+
+
+def draw_boxes(image: Image.Image, boxes: list[GalleryBox],
+               truth: list[tuple[float, float, float, float]] = ()) -> Image.Image:
+    """`image` scaled to fit a CELL square, with the `truth` boxes beneath `boxes` (kept
+    ones on top)."""
     scale = CELL / max(image.size)
     canvas = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
+    for box in truth:
+        draw.rectangle(tuple(v * scale for v in box), outline=TRUTH, width=1)
     for item in sorted(boxes, key=lambda b: b.kept):
         box = tuple(v * scale for v in item.box_xyxy)
         color = KEPT if item.kept else DROPPED
@@ -83,7 +101,13 @@ def grid(tiles: list[Image.Image]) -> Image.Image:
                                    fill=(0, 0, 0), font=ImageFont.load_default())
         return blank
     rows = (len(tiles) + COLUMNS - 1) // COLUMNS
-    sheet = Image.new("RGB", (min(len(tiles), COLUMNS) * CELL, rows * CELL), (255, 255, 255))
+    sheet = Image.new("RGB", (min(len(tiles), COLUMNS) * CELL, LEGEND_HEIGHT + rows * CELL),
+                      (255, 255, 255))
+    draw, font, x = ImageDraw.Draw(sheet), ImageFont.load_default(), 6
+    for label, color in LEGEND:
+        draw.rectangle((x, 5, x + 16, 13), outline=color, width=2)
+        draw.text((x + 22, 3), label, fill=(0, 0, 0), font=font)
+        x += 34 + round(draw.textlength(label, font=font))
     for index, tile in enumerate(tiles):
-        sheet.paste(tile, ((index % COLUMNS) * CELL, (index // COLUMNS) * CELL))
+        sheet.paste(tile, ((index % COLUMNS) * CELL, LEGEND_HEIGHT + (index // COLUMNS) * CELL))
     return sheet

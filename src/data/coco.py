@@ -1,4 +1,4 @@
-"""COCO 2017 caption annotations: validated loading, subset selection, safe image paths."""
+"""COCO 2017 annotations (captions, instance boxes): validated loading, subsets, safe paths."""
 
 from __future__ import annotations
 
@@ -52,13 +52,17 @@ def _field(record: object, key: str, kind: type | tuple[type, ...], where: str) 
     return value
 
 
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SchemaError(f"{path}: not valid JSON ({error})") from error
+
+
 def load_captions(path: Path) -> CaptionSet:
     """Parse a `captions_*.json`; every schema problem names the file, the record and the field."""
     path = Path(path)
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise SchemaError(f"{path}: not valid JSON ({error})") from error
+    payload = _read_json(path)
     images_raw = _field(payload, "images", list, str(path))
     annotations_raw = _field(payload, "annotations", list, str(path))
     images: dict[int, CocoImage] = {}
@@ -85,6 +89,41 @@ def load_captions(path: Path) -> CaptionSet:
             raise SchemaError(f"{where}: field 'image_id' {caption.image_id} is not in 'images'")
         captions.append(caption)
     return CaptionSet(images=images, captions=captions)
+
+
+@dataclass(frozen=True)
+class CocoInstance:
+    image_id: int
+    category: str
+    box_xyxy: tuple[float, float, float, float]  # pixels of the original image
+
+
+def load_instances(path: Path) -> list[CocoInstance]:
+    """Parse an `instances_*.json` into boxes named by category; crowd boxes are left out
+    (they cover a group, as COCO's own evaluation treats them). Schema errors name the
+    file, the record and the field."""
+    path = Path(path)
+    payload = _read_json(path)
+    categories = {}
+    for index, record in enumerate(_field(payload, "categories", list, str(path))):
+        where = f"{path}: categories[{index}]"
+        categories[_field(record, "id", int, where)] = _field(record, "name", str, where)
+    instances = []
+    for index, record in enumerate(_field(payload, "annotations", list, str(path))):
+        where = f"{path}: annotations[{index}]"
+        category_id = _field(record, "category_id", int, where)
+        if category_id not in categories:
+            raise SchemaError(f"{where}: field 'category_id' {category_id} is not in "
+                              "'categories'")
+        bbox = _field(record, "bbox", list, where)
+        if len(bbox) != 4 or not all(isinstance(v, int | float) for v in bbox):
+            raise SchemaError(f"{where}: field 'bbox' must be [x, y, width, height], got {bbox!r}")
+        if record.get("iscrowd", 0):
+            continue
+        x, y, width, height = (float(v) for v in bbox)
+        instances.append(CocoInstance(_field(record, "image_id", int, where),
+                                      categories[category_id], (x, y, x + width, y + height)))
+    return instances
 
 
 def select_images(captions: CaptionSet, max_images: int | None, seed: int) -> list[CocoImage]:

@@ -40,6 +40,10 @@ IMAGE_SIZES = ((320, 240), (240, 320), (288, 288), (352, 224), (256, 192))
 # The horizontal third an object's centre falls in names its place.
 PLACES = ("on the left", "in the middle", "on the right")
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
+# Ground truth: one category per (colour, kind), named as captions name it ("red circle"), so
+# a phrase names a shape exactly; an image never holds two shapes of one category.
+CATEGORY_IDS = {(color, kind): index + 1 for index, (color, kind) in
+                enumerate((color, kind) for kind in SHAPES for color in COLORS)}
 
 CAPTION_TEMPLATES_ONE = (
     "a {a} on a {bg} background.",
@@ -153,13 +157,17 @@ def _jpeg_bytes(image: Image.Image) -> bytes:
 
 
 def write_split(out_dir: Path, split: str, num_images: int, seed: int, first_id: int) -> None:
-    """Write `{split}2017/*.jpg` and its captions/instances JSON (COCO 2017 schema)."""
+    """Write `{split}2017/*.jpg` and its captions/instances JSON (COCO 2017 schema).
+
+    Instances carry every shape's box with its (colour, kind) category and its size as
+    `attributes.size`: the ground truth that grounding and region captions are measured on.
+    """
     rng = random.Random(f"{seed}-{split}")
     image_dir = out_dir / f"{split}2017"
     image_dir.mkdir(parents=True, exist_ok=True)
-    categories = [
-        {"id": i + 1, "name": kind, "supercategory": "shape"} for i, kind in enumerate(SHAPES)
-    ]
+    categories = [{"id": category_id, "name": name, "supercategory": kind}
+                  for (color, kind), category_id in CATEGORY_IDS.items()
+                  for name in [f"{color} {kind}"]]
     images, captions, instances = [], [], []
     for index in range(num_images):
         image_id = first_id + index
@@ -177,8 +185,9 @@ def write_split(out_dir: Path, split: str, num_images: int, seed: int, first_id:
             x0, y0, x1, y1 = shape.box_xyxy
             instances.append({
                 "id": len(instances) + 1 + first_id * 10, "image_id": image_id,
-                "category_id": SHAPES.index(shape.kind) + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
-                "area": (x1 - x0) * (y1 - y0), "iscrowd": 0, "segmentation": [],
+                "category_id": CATEGORY_IDS[shape.color, shape.kind],
+                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0,
+                "segmentation": [], "attributes": {"size": shape.size},
             })
     info = {"description": f"grounded-coco demo ({split}, seed {seed})", "version": "1.0"}
     licenses = [{"id": 0, "name": "CC0 (synthetic)", "url": ""}]
