@@ -60,6 +60,11 @@ def test_image_size_comes_from_the_adapter_dir(tiny_models: dict[str, Path],
     base, base_processor = load_captioner(str(tiny_models["llava"]), None, device=cpu,
                                           dtype=torch.float32)
     assert processor_image_size(base_processor) == base.config.vision_config.image_size == 32
+    # The base pads to a square as the adapters trained with pad_to_square do.
+    _, padded = load_captioner(str(tiny_models["llava"]), None, device=cpu,
+                               dtype=torch.float32, pad_to_square=True)
+    assert not base_processor.image_processor.to_dict().get("do_pad")
+    assert padded.image_processor.to_dict()["do_pad"]
 
 
 @pytest.mark.slow

@@ -21,19 +21,23 @@ def native_image_size(model_id: str) -> int:
 
 
 def load_captioner(model_id: str, adapter_dir: Path | None, *, device: torch.device,
-                   dtype: torch.dtype) -> tuple[LlavaForConditionalGeneration, ProcessorMixin]:
+                   dtype: torch.dtype,
+                   pad_to_square: bool = False) -> tuple[LlavaForConditionalGeneration,
+                                                         ProcessorMixin]:
     """Base model plus optional adapter, ready for `generate`, with the matching processor.
 
     With an adapter the processor (and so the image size) is the one saved beside it by
-    training; without, the base checkpoint's processor at its native size. The adapter is
-    merged into the weights: generation then runs at the base model's speed.
+    training; without, the base checkpoint's processor at its native size, padding images
+    to a square first with `pad_to_square` (so the zero-shot base sees images as the
+    adapters trained with `train.pad_to_square` do). The adapter is merged into the
+    weights: generation then runs at the base model's speed.
     """
     if adapter_dir is not None:
         processor = load_pretrained(AutoProcessor.from_pretrained, str(adapter_dir))
         image_size = processor_image_size(processor)
     else:
         image_size = native_image_size(model_id)
-        processor = load_processor(model_id, image_size)
+        processor = load_processor(model_id, image_size, pad_to_square)
     model = load_llava(model_id, image_size, dtype=dtype)
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()

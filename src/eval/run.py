@@ -56,6 +56,7 @@ class EvalConfig:
     num_workers: int
     meteor: bool
     gallery_images: int
+    pad_to_square: bool = False  # the base model's preprocessing (an adapter brings its own)
 
     @classmethod
     def from_params(cls, params: Params, *, adapter_dir: Path | None, images_dir: Path,
@@ -67,7 +68,8 @@ class EvalConfig:
                    num_examples=knobs.num_examples, seed=params.seed,
                    caption=CaptionSettings(knobs.prompt, knobs.max_new_tokens, knobs.num_beams),
                    batch_size=knobs.batch_size, num_workers=num_workers, meteor=knobs.meteor,
-                   gallery_images=knobs.gallery_images)
+                   gallery_images=knobs.gallery_images,
+                   pad_to_square=params.train.pad_to_square)
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,11 @@ def _generate(config: EvalConfig, images: ImageDataset, shards_dir: Path,
     process. A shard is one batch: a killed run redoes at most the batches in flight."""
     dtype = llava_dtype(state.device)
     model, processor = load_captioner(config.model_id, config.adapter_dir,
+                                      pad_to_square=config.pad_to_square,
                                       device=state.device, dtype=dtype)
-    run = fingerprint(params=vars(config.caption), model=model_digest(model))
+    run = fingerprint(params={**vars(config.caption),
+                              "image_processor": processor.image_processor.to_dict()},
+                      model=model_digest(model))
 
     work = partial(caption_shards, model, processor, images, settings=config.caption,
                    batch_size=config.batch_size, num_workers=config.num_workers,
