@@ -13,7 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from src.augment.steps.assemble import run_assemble
+from src.augment.steps.run_assemble import run_assemble
 from src.params import load_params
 
 

@@ -13,7 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from src.augment.steps.clip_score import run_clip_score
+from src.augment.steps.run_clip_score import run_clip_score
 from src.params import load_params
 
 

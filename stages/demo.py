@@ -9,7 +9,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from src.data.demo import write_demo
+from src.data.synthetic_coco import write_demo
 from src.models.tiny import build_tiny_models
 from src.params import load_params
 

@@ -15,7 +15,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from src.augment.steps.detect import run_detect
+from src.augment.steps.run_detect import run_detect
 from src.params import load_params
 
 

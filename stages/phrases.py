@@ -9,7 +9,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from src.augment.steps.phrases import run_phrases
+from src.augment.steps.run_phrases import run_phrases
 from src.params import load_params
 
 

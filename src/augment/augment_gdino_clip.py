@@ -20,10 +20,10 @@ from pathlib import Path
 
 import yaml
 
-from src.augment.steps.assemble import run_assemble
-from src.augment.steps.clip_score import run_clip_score
-from src.augment.steps.detect import run_detect
-from src.augment.steps.phrases import run_phrases
+from src.augment.steps.run_assemble import run_assemble
+from src.augment.steps.run_clip_score import run_clip_score
+from src.augment.steps.run_detect import run_detect
+from src.augment.steps.run_phrases import run_phrases
 from src.data.atomic import atomic_write_text
 from src.params import Params, load_params
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from src.augment.assemble import AssembleConfig, assemble, sweep_csv, threshold_sweep
-from src.augment.gallery import choose_gallery, draw_boxes, grid
+from src.augment.box_gallery import choose_gallery, draw_boxes, grid
 from src.augment.layout import find_image_dir
+from src.augment.training_examples import AssembleConfig, assemble, sweep_csv, threshold_sweep
 from src.data.atomic import atomic_path, atomic_write_json, atomic_write_text
 from src.data.images import read_image
 from src.data.jsonl import write_examples
