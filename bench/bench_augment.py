@@ -26,7 +26,7 @@ import torch
 from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
 from bench.timing import seconds
-from src.augment.detect import (
+from src.augment.grounding import (
     detect_shards,
     detection_loader,
     forward,

@@ -27,7 +27,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.timing import median_seconds
-from src.data.demo import caption_words
+from src.data.synthetic_coco import caption_words
 from src.eval.generate import CaptionSettings, build_inputs
 from src.models.tiny import build_tiny_models, real_config
 

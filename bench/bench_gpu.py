@@ -21,7 +21,7 @@ run keeps what it finished):
 
 Models are random-weight checkpoints of the published architectures (`--size real`, built
 on the device, LLaVA ~14 GB) or the tiny test models, built once into `--models-dir`;
-images are the synthetic demo set (src/data/demo.py, 192-352 px) unless `--coco-root`
+images are the synthetic demo set (src/data/synthetic_coco.py, 192-352 px) unless `--coco-root`
 names a COCO-2017 layout. Where one command may run only minutes, run the parts one by
 one (`--parts forward augment`, then `--parts train`, then `--parts eval`): they reuse
 the built models and add their rows to the same file, replacing only their own part's.

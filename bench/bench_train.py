@@ -32,8 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.data.demo import write_demo
 from src.data.jsonl import write_examples
+from src.data.synthetic_coco import write_demo
 from src.models.tiny import build_real_models, build_tiny_models
 from src.params import load_params
 from src.train.data import validation_examples

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params(args.params)
     # Imported once params are valid: the ML libraries take seconds to import.
-    from src.data.demo import write_demo
+    from src.data.synthetic_coco import write_demo
     from src.models.tiny import build_tiny_models
 
     shutil.rmtree(args.out, ignore_errors=True)

@@ -5,7 +5,7 @@
 
 With `--adapter` it scores the fine-tuned model (LoRA merged into the base); without, the
 zero-shot base model, or, when evaluate.baseline is false, writes a "disabled" stub and
-empty outputs at once. A killed run resumes from the per-batch prediction logs.
+empty outputs at once. A killed run resumes from its finished caption shards.
 """
 
 from __future__ import annotations

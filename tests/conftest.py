@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from train_fixtures import torch_threads
 
-from src.data.demo import write_demo
+from src.data.synthetic_coco import write_demo
 from src.models.tiny import build_tiny_models
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from src.augment.assemble import (
+from src.augment.box_gallery import (
+    CELL,
+    KEPT,
+    LEGEND_HEIGHT,
+    TRUTH,
+    choose_gallery,
+    draw_boxes,
+    grid,
+)
+from src.augment.training_examples import (
     AssembleConfig,
     assemble,
     box_iou,
@@ -18,7 +27,6 @@ from src.augment.assemble import (
     passes_box_text,
     threshold_sweep,
 )
-from src.augment.gallery import CELL, KEPT, LEGEND_HEIGHT, TRUTH, choose_gallery, draw_boxes, grid
 
 COLUMNS = ["name", "image_id", "phrase_index", "query_index", "box_x0", "box_y0", "box_x1",
            "box_y1", "box_score", "phrase_score", "clip_score"]

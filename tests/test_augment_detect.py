@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import torch
 
-from src.augment.detect import ImageQueries, boxes_to_pixels, canvas_size, image_batches
+from src.augment.grounding import ImageQueries, boxes_to_pixels, canvas_size, image_batches
 
 
 def test_boxes_become_pixel_xyxy_clamped_to_the_image() -> None:

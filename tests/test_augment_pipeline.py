@@ -17,7 +17,7 @@ import torch
 import yaml
 from transformers import GroundingDinoForObjectDetection
 
-from src.augment.detect import DETECTION_COLUMNS
+from src.augment.grounding import DETECTION_COLUMNS
 from src.data import shard_map
 from src.data.coco import resolve_image_path
 from src.data.images import crop_box, load_rgb

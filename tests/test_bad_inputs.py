@@ -17,8 +17,8 @@ from test_augment_pipeline import run_assemble, run_clip, run_detect, run_phrase
 from train_fixtures import write_demo_jsonl
 
 from src.augment import augment_gdino_clip
-from src.data.demo import write_demo
 from src.data.jsonl import read_examples
+from src.data.synthetic_coco import write_demo
 from src.data.tables import read_table
 from src.eval import evaluate_coco
 from src.train import finetune_llava

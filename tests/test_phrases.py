@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from src.data.coco import CocoCaption
-from src.data.phrases import Phrase, extract_phrases, load_spacy, select_phrases
+from src.data.noun_phrases import Phrase, extract_phrases, load_spacy, select_phrases
 
 
 @pytest.fixture(scope="module")

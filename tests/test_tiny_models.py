@@ -21,7 +21,7 @@ from transformers import (
     GroundingDinoForObjectDetection,
 )
 
-from src.data.demo import caption_words
+from src.data.synthetic_coco import caption_words
 from src.models.hub import load_pretrained
 from src.models.llava import quantization_config
 from src.models.tiny import (

@@ -24,9 +24,9 @@ from src.data.coco import CaptionSet, load_captions, select_images
 from src.data.images import ImageDataset, read_image
 from src.data.shard_map import digest, fingerprint, map_shards, model_digest
 from src.data.skips import Skip, SkipCounter
+from src.eval.caption_gallery import GalleryRow, render_gallery, render_notice
 from src.eval.captioner import load_captioner
 from src.eval.clipscore import score_images
-from src.eval.gallery import GalleryRow, render_gallery, render_notice
 from src.eval.generate import CaptionSettings, caption_shards, predictions_frame
 from src.eval.metrics import find_java_bin_dir, score_captions
 from src.models.clip import load_clip

@@ -48,7 +48,7 @@ from transformers import (
 )
 from transformers.image_processing_utils import BaseImageProcessor
 
-from src.data.demo import caption_words
+from src.data.synthetic_coco import caption_words
 
 logger = logging.getLogger(__name__)
 

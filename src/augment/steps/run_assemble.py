@@ -13,10 +13,10 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from src.augment.assemble import AssembleConfig, assemble, threshold_sweep
-from src.augment.gallery import choose_gallery, draw_boxes, grid, truth_boxes
+from src.augment.box_gallery import choose_gallery, draw_boxes, grid, truth_boxes
 from src.augment.layout import find_image_dir
 from src.augment.region_truth import truth_metrics, truth_sweep, truth_table
+from src.augment.training_examples import AssembleConfig, assemble, threshold_sweep
 from src.data.atomic import atomic_path, atomic_write_json, atomic_write_text
 from src.data.coco import load_instances
 from src.data.images import read_image

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from src.data.atomic import atomic_path
 from src.data.coco import load_captions, select_images
-from src.data.phrases import extract_phrases, load_spacy, select_phrases
+from src.data.noun_phrases import extract_phrases, load_spacy, select_phrases
 from src.params import Params
 
 logger = logging.getLogger(__name__)

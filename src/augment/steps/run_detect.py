@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from tqdm import tqdm
 from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-from src.augment.detect import detect_shards, detections_frame, plan_queries
+from src.augment.grounding import detect_shards, detections_frame, plan_queries
 from src.augment.layout import find_image_dir
 from src.data.shard_map import digest, fingerprint, map_shards, model_digest, remove_stale_shards
 from src.data.skips import SkipCounter
