@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test lint demo sweep repro coco bench clean
+.PHONY: setup test lint demo sweep plots plots-template repro coco bench clean
 
 setup: $(VENV)/.installed
 
@@ -48,6 +48,25 @@ sweep: setup
 	    | xargs -d '\n' $(DVC) exp run --queue -n $$name && \
 	$(DVC) exp run --run-all -j 1 && \
 	$(PY) -m stages.report --prefix $$name- --plot plots/sweep/thresholds.csv
+
+# Every plot (training curves, threshold sweeps, galleries) as one offline HTML page.
+plots: setup
+	$(DVC) plots show --open
+
+# Rebuild the offline template of `dvc plots show` (plots.html_template in .dvc/config): the
+# vega, vega-lite and vega-embed builds dvc-render loads from a CDN, inlined from npm.
+VEGA_PACKAGES := vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
+plots-template:
+	tmp=$$(mktemp -d) && (cd $$tmp && npm pack -q $(VEGA_PACKAGES) >/dev/null) && \
+	mkdir -p configs/plots/vendor && \
+	{ sed -n '1,/<!-- scripts -->/p' configs/plots/page.html; \
+	  for pkg in $(VEGA_PACKAGES); do name=$${pkg%@*}; \
+	    mkdir -p $$tmp/$$name && tar xzf $$tmp/$$name-$${pkg#*@}.tgz -C $$tmp/$$name && \
+	    cp $$tmp/$$name/package/LICENSE configs/plots/vendor/LICENSE-$$name && \
+	    echo "<script>/* $$pkg, $$(sed -n 's/^Copyright/Copyright/p' $$tmp/$$name/package/LICENSE | head -1) */" && \
+	    cat $$tmp/$$name/package/build/$$name.min.js && echo "</script>"; done; \
+	  sed -n '/<!-- scripts -->/,$$p' configs/plots/page.html | tail -n +2; \
+	} > configs/plots/offline.html && rm -rf $$tmp
 
 # The real run on data/coco with hub models (see README).
 repro: export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)

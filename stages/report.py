@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefix", help="every experiment whose name starts with this")
     parser.add_argument("--plot", type=Path, help="write CIDEr and regions kept by threshold")
     args = parser.parse_args(argv)
-    command = [sys.executable, "-m", "dvc", "exp", "show", "--json"]
+    command = [sys.executable, "-m", "dvc", "exp", "show", "--all-commits", "--json"]
     shown = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
     selected = select(experiments(shown), args.exp, args.prefix)
     print(render(selected))
