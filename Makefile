@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test lint demo repro coco bench clean
+.PHONY: setup test lint demo sweep plots plots-template repro coco bench clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,42 @@ demo: setup
 	name=demo-$$(date +%Y%m%d-%H%M%S) && \
 	$(PY) -m stages.overrides configs/demo.yaml | xargs -d '\n' $(DVC) exp run --temp -n $$name && \
 	$(PY) -m stages.report --exp $$name
+
+# A grid of clip_threshold values, one queued DVC experiment each (run one at a time in temp
+# copies; detect and clip_score come from the run-cache), then the compact table and the plot.
+#   make sweep                                       # the demo (run `make demo` first)
+#   make sweep PROFILE=coco GRID=0.22,0.26,0.30      # params.yaml as committed
+PROFILE ?= demo
+SWEEP_CONFIGS_demo := configs/demo.yaml configs/sweep-demo.yaml
+GRID_demo := -0.3,-0.2,-0.1
+GRID_coco := 0.22,0.26,0.30
+GRID ?= $(GRID_$(PROFILE))
+sweep: export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+sweep: setup
+	name=sweep-$$(date +%Y%m%d-%H%M%S) && \
+	$(PY) -m stages.overrides $(SWEEP_CONFIGS_$(PROFILE)) --set clip_threshold=$(GRID) \
+	    | xargs -d '\n' $(DVC) exp run --queue -n $$name && \
+	$(DVC) exp run --run-all -j 1 && \
+	$(PY) -m stages.report --prefix $$name- --plot plots/sweep/thresholds.csv
+
+# Every plot (training curves, threshold sweeps, galleries) as one offline HTML page.
+plots: setup
+	$(DVC) plots show --open
+
+# Rebuild the offline template of `dvc plots show` (plots.html_template in .dvc/config): the
+# vega, vega-lite and vega-embed builds dvc-render loads from a CDN, inlined from npm.
+VEGA_PACKAGES := vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
+plots-template:
+	tmp=$$(mktemp -d) && (cd $$tmp && npm pack -q $(VEGA_PACKAGES) >/dev/null) && \
+	mkdir -p configs/plots/vendor && \
+	{ sed -n '1,/<!-- scripts -->/p' configs/plots/page.html; \
+	  for pkg in $(VEGA_PACKAGES); do name=$${pkg%@*}; \
+	    mkdir -p $$tmp/$$name && tar xzf $$tmp/$$name-$${pkg#*@}.tgz -C $$tmp/$$name && \
+	    cp $$tmp/$$name/package/LICENSE configs/plots/vendor/LICENSE-$$name && \
+	    echo "<script>/* $$pkg, $$(sed -n 's/^Copyright/Copyright/p' $$tmp/$$name/package/LICENSE | head -1) */" && \
+	    cat $$tmp/$$name/package/build/$$name.min.js && echo "</script>"; done; \
+	  sed -n '/<!-- scripts -->/,$$p' configs/plots/page.html | tail -n +2; \
+	} > configs/plots/offline.html && rm -rf $$tmp
 
 # The real run on data/coco with hub models (see README).
 repro: export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)

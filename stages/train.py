@@ -41,9 +41,11 @@ def main(argv: list[str] | None = None) -> None:
     paths = FinetunePaths(args.train_file, args.image_root, args.val_ann, args.val_images,
                           args.output_dir, args.checkpoint_dir, args.metrics, args.live_dir)
     metrics = finetune(config, paths)
-    logger.info("trained %d steps on %d examples: loss %.4f, val loss %.4f, %.0f tokens/s; "
-                "skipped %s", metrics["steps"], metrics["examples"], metrics["loss"],
-                metrics["val_loss"], metrics["tokens_per_second"], metrics["skipped"] or "none")
+    throughput = metrics["tokens_per_second"]  # None: resumed at the final step, trained nothing
+    logger.info("trained %d steps on %d examples: loss %.4f, val loss %.4f, %s; skipped %s",
+                metrics["steps"], metrics["examples"], metrics["loss"], metrics["val_loss"],
+                "no new steps" if throughput is None else f"{throughput:.0f} tokens/s",
+                metrics["skipped"] or "none")
 
 
 if __name__ == "__main__":

@@ -1,39 +1,70 @@
-"""The demo's closing table is read from `dvc exp show --json` output."""
+"""The compact table and the sweep plot are read from `dvc exp show --json` output."""
 
 from __future__ import annotations
 
-from stages.report import experiments, metrics_of, render
+import pytest
+
+from stages.report import experiments, plot_csv, render, select
 
 
-def _rev(name: str, timestamp: str, cider: float) -> dict:
-    metrics = {"metrics/metrics.json": {"data": {"cider": cider, "bleu4": 0.25}},
-               "metrics/baseline.json": {"data": {"cider": 0.01, "bleu4": 0.0}},
+def _rev(name: str, timestamp: str, threshold: float, cider: float, kept: int,
+         lr: float = 1e-3) -> dict:
+    metrics = {"metrics/metrics.json": {"data": {"cider": cider, "bleu4": 0.25,
+                                                 "clipscore": 0.5}},
+               "metrics/baseline.json": {"data": {"cider": 0.01, "bleu4": 0.0, "clipscore": 0.4}},
                "metrics/train.json": {"data": {"loss": 1.5, "steps": 300}},
-               "metrics/augment.json": {"error": {"type": "FileNotFoundError"}}}
-    return {"rev": "abc1234def", "name": name, "data": {"timestamp": timestamp, "metrics": metrics}}
+               "metrics/augment.json": {"data": {"regions_kept": kept, "keep_rate": 0.25}}}
+    params = {"params.yaml": {"data": {"clip_threshold": threshold, "seed": 0,
+                                       "train": {"lr": lr, "epochs": 1}}}}
+    return {"rev": f"{name}0000000", "name": name,
+            "data": {"timestamp": timestamp, "metrics": metrics, "params": params}}
 
 
+QUEUED = {"rev": "q", "name": "queued", "data": {"timestamp": "2026-11-26T13:00:00",
+                                                 "metrics": {}, "params": {}}}
 SHOW = [{"rev": "workspace", "data": {"metrics": {}}, "experiments": None},
         {"rev": "main", "data": {"metrics": {}},
-         "experiments": [{"revs": [_rev("demo-old", "2026-11-26T10:00:00", 1.0)]},
-                         {"revs": [_rev("demo-new", "2026-11-26T11:00:00", 2.5)]}]}]
+         "experiments": [{"revs": [_rev("sweep-1", "2026-11-26T10:00:00", 0.3, 1.0, 40)]},
+                         {"revs": [_rev("sweep-2", "2026-11-26T11:00:00", 0.2, 2.5, 90)]},
+                         {"revs": [_rev("demo", "2026-11-26T12:00:00", 0.2, 2.0, 90, 2e-3)]},
+                         {"revs": [QUEUED]}]}]
 
 
-def test_newest_experiment_first() -> None:
-    assert [rev["name"] for rev in experiments(SHOW)] == ["demo-new", "demo-old"]
+def test_newest_experiment_with_results_first() -> None:
+    assert [rev["name"] for rev in experiments(SHOW)] == ["demo", "sweep-2", "sweep-1"]
 
 
-def test_table_puts_base_next_to_fine_tuned() -> None:
-    table = render("demo-new", metrics_of(experiments(SHOW)[0]))
-    assert "| cider | 0.0100 | 2.5000 |" in table
-    assert "| bleu4 | 0 | 0.2500 |" not in table and "| bleu4 | 0.0000 | 0.2500 |" in table
-    assert "training: loss 1.5000, steps 300" in table
-    assert "augmentation" not in table
+def test_sweep_table_shows_the_threshold_headline_metrics_and_one_base_row() -> None:
+    table = render(select(experiments(SHOW), [], "sweep-"))
+    assert table.splitlines() == [
+        "| experiment | clip_threshold | regions kept | keep rate | train loss | BLEU-4 | CIDEr "
+        "| CLIPScore |",
+        "|---|---|---|---|---|---|---|---|",
+        "| sweep-1 | 0.3 | 40 | 0.2500 | 1.5000 | 0.2500 | 1.0000 | 0.5000 |",
+        "| sweep-2 | 0.2 | 90 | 0.2500 | 1.5000 | 0.2500 | 2.5000 | 0.5000 |",
+        "| zero-shot base |  |  |  |  | 0.0000 | 0.0100 | 0.4000 |"]
+
+
+def test_params_that_differ_get_a_column() -> None:
+    table = render(select(experiments(SHOW), ["demo", "sweep-2"], None))
+    assert table.splitlines()[0].startswith("| experiment | clip_threshold | train.lr | regions")
+    assert table.splitlines()[2].startswith("| demo | 0.2 | 0.002 | 90 |")
+
+
+def test_plot_points_are_sorted_by_threshold() -> None:
+    assert plot_csv(select(experiments(SHOW), [], "sweep-")) == \
+        "clip_threshold,regions_kept,cider\n0.2,90,2.5\n0.3,40,1.0\n"
+
+
+def test_unknown_names_fail_clearly() -> None:
+    with pytest.raises(SystemExit, match="no experiment nope"):
+        select(experiments(SHOW), ["nope"], None)
 
 
 def test_unavailable_clipscore_shows_a_dash() -> None:
     """metrics.json holds `clipscore: null` when CLIP could not be loaded."""
-    metrics = {"metrics/metrics.json": {"cider": 2.5, "clipscore": None,
-                                        "clipscore_unavailable": "could not load 'x'"},
-               "metrics/baseline.json": {"cider": 0.01, "clipscore": 0.5}}
-    assert "| clipscore | 0.5000 | – |" in render("demo", metrics)
+    offline = _rev("offline", "2026-11-26T14:00:00", 0.2, 2.5, 90)
+    offline["data"]["metrics"]["metrics/metrics.json"]["data"].update(
+        clipscore=None, clipscore_unavailable="could not load 'x'")
+    row = render([offline]).splitlines()[2]
+    assert row == "| offline | 0.2 | 90 | 0.2500 | 1.5000 | 0.2500 | 2.5000 | – |"

@@ -177,6 +177,7 @@ def test_checkpoints_of_another_config_are_not_resumed(tiny_models, demo_coco: P
     assert again["resumed_from_step"] == 2 and again["steps"] == 2
     assert again["samples_trained"] == first["samples_trained"] == 16
     assert again["val_loss"] == first["val_loss"] and again["loss"] == first["loss"]
+    assert first["tokens_per_second"] > 0 and again["tokens_per_second"] is None
     assert all(torch.equal(tensor, _adapter(tmp_path)[name]) for name, tensor in adapter.items())
     changed = finetune(tiny_config(tiny_models["llava"], max_steps=2, lr=5e-4), paths,
                        show_progress=False)

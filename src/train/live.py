@@ -24,7 +24,8 @@ def trim_history(live_dir: Path, last_step: int) -> None:
 
 
 class LiveMetrics:
-    """A metrics sink over dvclive: `sink(step, {"loss": ...})`; `close()` writes the summary."""
+    """A metrics sink over dvclive: `sink(step, {"loss": ...})`. No dvclive summary
+    (metrics.json): metrics/train.json is the run's summary, declared in dvc.yaml."""
 
     def __init__(self, live_dir: Path, resume_step: int | None) -> None:
         if resume_step is not None:
@@ -37,6 +38,3 @@ class LiveMetrics:
         self.live.step = step
         for name, value in metrics.items():
             self.live.log_metric(name, value)
-
-    def close(self) -> None:
-        self.live.make_summary()

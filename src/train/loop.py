@@ -265,6 +265,8 @@ class Trainer:
         bar.close()
         result.skipped = skipped.gathered()
         result.samples = self._reduce_sum(samples)
-        result.tokens_per_second = self._reduce_sum(run_tokens) / (time.perf_counter() - run_start)
+        if result.steps > state.step:  # else resumed at the final step: throughput stays NaN
+            seconds = time.perf_counter() - run_start
+            result.tokens_per_second = self._reduce_sum(run_tokens) / seconds
         result.layer_recomputations = self._reduce_sum(recompute.recomputations)
         return result

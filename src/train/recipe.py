@@ -287,8 +287,6 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
                          processor, run_config, metrics)
         if paths.metrics is not None:
             atomic_write_json(paths.metrics, metrics)
-        if live is not None:
-            live.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return metrics
