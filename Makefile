@@ -32,7 +32,7 @@ demo: setup
 	$(PY) -m stages.overrides configs/demo.yaml | xargs -d '\n' $(DVC) exp run --temp -n $$name && \
 	$(PY) -m stages.report --exp $$name
 
-# Retrain the demo's tiny models (assets/demo_models, committed) byte for byte: ~35 min on
+# Retrain the demo's tiny models (assets/demo_models, committed) byte for byte: ~40 min on
 # one CPU core; `make demo` only loads them.
 .PHONY: demo-models
 demo-models: setup
