@@ -68,6 +68,12 @@ plots-template:
 	  sed -n '/<!-- scripts -->/,$$p' configs/plots/page.html | tail -n +2; \
 	} > configs/plots/offline.html && rm -rf $$tmp
 
+# Retrain the demo's tiny models (assets/demo_models, committed) byte for byte: ~40 min on
+# one CPU core; `make demo` only loads them.
+.PHONY: demo-models
+demo-models: setup
+	$(PY) -m src.models.demo_models --out assets/demo_models
+
 # The real run on data/coco with hub models (see README).
 repro: export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 repro: setup

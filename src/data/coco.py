@@ -96,6 +96,7 @@ class CocoInstance:
     image_id: int
     category: str
     box_xyxy: tuple[float, float, float, float]  # pixels of the original image
+    size: str | None = None  # the demo's `attributes.size` ("small", "large"); COCO has none
 
 
 def load_instances(path: Path) -> list[CocoInstance]:
@@ -121,8 +122,10 @@ def load_instances(path: Path) -> list[CocoInstance]:
         if record.get("iscrowd", 0):
             continue
         x, y, width, height = (float(v) for v in bbox)
+        size = record.get("attributes", {}).get("size")
         instances.append(CocoInstance(_field(record, "image_id", int, where),
-                                      categories[category_id], (x, y, x + width, y + height)))
+                                      categories[category_id], (x, y, x + width, y + height),
+                                      size))
     return instances
 
 

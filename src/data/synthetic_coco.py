@@ -150,7 +150,23 @@ def _captions(rng: random.Random, shapes: list[Shape], background: str) -> list[
     return captions
 
 
-def _jpeg_bytes(image: Image.Image) -> bytes:
+@dataclass(frozen=True)
+class Scene:
+    image: Image.Image
+    shapes: list[Shape]
+    background: str
+
+
+def random_scene(rng: random.Random, size: tuple[int, int] | None = None) -> Scene:
+    """One demo picture: a size from IMAGE_SIZES (unless given), a background, 1-3 shapes."""
+    width, height = size or rng.choice(IMAGE_SIZES)
+    background = rng.choice(list(BACKGROUNDS))
+    shapes = _place_shapes(rng, width, height, rng.choice((1, 1, 2, 2, 3)))
+    return Scene(_draw(shapes, background, width, height), shapes, background)
+
+
+def jpeg_bytes(image: Image.Image) -> bytes:
+    """The picture as the demo writes it to disk (JPEG quality 90)."""
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
@@ -171,11 +187,10 @@ def write_split(out_dir: Path, split: str, num_images: int, seed: int, first_id:
     images, captions, instances = [], [], []
     for index in range(num_images):
         image_id = first_id + index
-        width, height = rng.choice(IMAGE_SIZES)
-        background = rng.choice(list(BACKGROUNDS))
-        shapes = _place_shapes(rng, width, height, rng.choice((1, 1, 2, 2, 3)))
+        scene = random_scene(rng)
+        (width, height), background, shapes = scene.image.size, scene.background, scene.shapes
         file_name = f"{image_id:012d}.jpg"
-        atomic_write_bytes(image_dir / file_name, _jpeg_bytes(_draw(shapes, background, width, height)))
+        atomic_write_bytes(image_dir / file_name, jpeg_bytes(scene.image))
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height,
                        "license": 0})
         for text in _captions(rng, shapes, background):

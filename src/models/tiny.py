@@ -17,7 +17,7 @@ import argparse
 import logging
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -42,6 +42,7 @@ from transformers import (
     LlavaConfig,
     LlavaProcessor,
     PreTrainedConfig,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
     ProcessorMixin,
     SwinConfig,
@@ -265,6 +266,19 @@ def tiny_grounding_dino_config() -> GroundingDinoConfig:
     )
 
 
+def tiny_vision_config() -> CLIPVisionConfig:
+    """The vision tower of both the tiny CLIP and the tiny LLaVA: one config, so the demo's
+    LLaVA sees through the trained CLIP's image encoder (src/models/demo_weights.py)."""
+    return CLIPVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+    )
+
+
 def tiny_clip_config() -> CLIPConfig:
     """Two-layer towers on 32-px images; the text tower pools at the tokenizer's eos."""
     vocab_size = clip_tiny_vocab_size()
@@ -281,14 +295,7 @@ def tiny_clip_config() -> CLIPConfig:
             eos_token_id=vocab_size - 1,
             pad_token_id=vocab_size - 1,
         ),
-        vision_config=CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        ),
+        vision_config=tiny_vision_config(),
         projection_dim=32,
     )
 
@@ -298,14 +305,7 @@ def tiny_llava_config() -> LlavaConfig:
     from a 2-layer CLIP tower's last layer, a 2-layer 128-wide Llama."""
     image_token_id = len(LLAMA_SPECIAL_IDS) + len(vocabulary_words())
     pad_token_id = image_token_id + 1
-    vision_config = CLIPVisionConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=32,
-        patch_size=8,
-    )
+    vision_config = tiny_vision_config()
     return LlavaConfig(
         architectures=["LlavaForConditionalGeneration"],
         vision_config=vision_config,
@@ -371,8 +371,11 @@ def build_checkpoint(
     image_processor: BaseImageProcessor,
     seed: int,
     device: str = "cpu",
+    init: Callable[[PreTrainedModel], None] | None = None,
 ) -> Path:
     """Write model + processor with seeded random weights to `out_dir`, replacing it whole.
+
+    `init(model)`, when given, then sets (some of) the weights: the demo's trained ones.
 
     Weights are created directly in the config's dtype (float16 for LLaVA-7B: ~15 GB) on
     `device`; the bytes depend on the device's random generator, so DVC-cached builds stay on
@@ -383,6 +386,8 @@ def build_checkpoint(
     auto_class = AUTO_MODEL_CLASSES[type(config)]
     with torch.device(device):
         model = auto_class.from_config(config, dtype=config.dtype or torch.float32)
+    if init is not None:
+        init(model)
     partial_dir = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(partial_dir, ignore_errors=True)
     model.save_pretrained(partial_dir, max_shard_size=MAX_SHARD_SIZE)
@@ -419,10 +424,18 @@ def _real_spec(name: str) -> tuple[PreTrainedConfig, BaseImageProcessor]:
 
 
 def build_tiny_models(
-    out_dir: Path, seed: int = 0, names: Iterable[str] = MODEL_NAMES
+    out_dir: Path,
+    seed: int = 0,
+    names: Iterable[str] = MODEL_NAMES,
+    inits: Mapping[str, Callable[[PreTrainedModel], None]] | None = None,
 ) -> dict[str, Path]:
-    """CPU-fast checkpoints for the demo profile and the tests: `out_dir/<name>`."""
-    return {name: build_checkpoint(out_dir / name, *_tiny_spec(name), seed) for name in names}
+    """CPU-fast checkpoints for the demo profile and the tests: `out_dir/<name>`; `inits`
+    (by model name) load trained weights into the random ones (src/models/demo_models.py)."""
+    inits = inits or {}
+    return {
+        name: build_checkpoint(out_dir / name, *_tiny_spec(name), seed, init=inits.get(name))
+        for name in names
+    }
 
 
 def build_real_models(

@@ -1,0 +1,59 @@
+"""What training the demo's tiny models shares: a reproducible CPU, fresh demo pictures, and
+the optimiser schedule.
+
+A retrain must give the same bytes (DVC caches the demo stage on them), so every run fixes
+the torch thread count and seeds, and draws its pictures from its own `random.Random`.
+Pictures go through JPEG as the demo's files do, so the models train on what they will see.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from PIL import Image
+
+from src.data.synthetic_coco import COLORS, SHAPES, SIZES, Scene, jpeg_bytes, random_scene
+
+TRAIN_THREADS = 1  # results shift with the thread count: fix it. 2 threads on 2 busy cores
+# run the tiny models ~50x slower (threads wait on each other), 1 thread does not
+# Every phrase the demo's captions can name a shape with ("large red circle").
+PHRASES = tuple(f"{size} {color} {kind}" for size in SIZES for color in COLORS for kind in SHAPES)
+
+
+@contextmanager
+def reproducible(seed: int, threads: int = TRAIN_THREADS) -> Iterator[None]:
+    """Fixed threads and a seeded torch generator for the block; the old thread count after."""
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def as_stored(scene: Scene) -> Scene:
+    """The scene with its picture round-tripped through the demo's JPEG encoding."""
+    image = Image.open(io.BytesIO(jpeg_bytes(scene.image))).convert("RGB")
+    return Scene(image, scene.shapes, scene.background)
+
+
+def stored_scenes(rng: random.Random, count: int,
+                  size: tuple[int, int] | None = None) -> list[Scene]:
+    return [as_stored(random_scene(rng, size)) for _ in range(count)]
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                  floor: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine down to `floor` x the base learning rate."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
