@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test lint demo sweep plots plots-template repro coco bench clean
+.PHONY: setup test lint demo sweep ablation plots plots-template repro coco bench clean
 
 setup: $(VENV)/.installed
 
@@ -38,7 +38,7 @@ demo: setup
 #   make sweep PROFILE=coco GRID=0.22,0.26,0.30      # params.yaml as committed
 PROFILE ?= demo
 SWEEP_CONFIGS_demo := configs/demo.yaml configs/sweep-demo.yaml
-GRID_demo := -0.3,-0.2,-0.1
+GRID_demo := 0.4,0.6,0.8
 GRID_coco := 0.22,0.26,0.30
 GRID ?= $(GRID_$(PROFILE))
 sweep: export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
@@ -48,6 +48,19 @@ sweep: setup
 	    | xargs -d '\n' $(DVC) exp run --queue -n $$name && \
 	$(DVC) exp run --run-all -j 1 && \
 	$(PY) -m stages.report --prefix $$name- --plot plots/sweep/thresholds.csv
+
+# Does grounded augmentation help captioning? The same LoRA run on full-image examples only
+# (assemble.max_region_ratio=0) and on full-image + region examples (1.0), same steps, same
+# preprocessing, printed beside the zero-shot base.
+#   make ablation                                    # the demo (run `make demo` first)
+#   make ablation PROFILE=coco
+ablation: export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+ablation: setup
+	name=ablation-$$(date +%Y%m%d-%H%M%S) && \
+	$(PY) -m stages.overrides $(SWEEP_CONFIGS_$(PROFILE)) --set assemble.max_region_ratio=0,1.0 \
+	    | xargs -d '\n' $(DVC) exp run --queue -n $$name && \
+	$(DVC) exp run --run-all -j 1 && \
+	$(PY) -m stages.report --prefix $$name-
 
 # Every plot (training curves, threshold sweeps, galleries) as one offline HTML page.
 plots: setup

@@ -80,7 +80,7 @@ def test_demo_experiment_ends_with_the_compact_table(demo) -> None:
     assert "WARNING" not in log and "Warning" not in log, log[-3000:]
     assert list(table) == ["demo-test", "zero-shot base"]
     tuned, base = table["demo-test"], table["zero-shot base"]
-    assert tuned["clip_threshold"] == "-0.2" and int(tuned["regions kept"]) > 0
+    assert tuned["clip_threshold"] == "0.6" and int(tuned["regions kept"]) > 0
     assert float(tuned["CIDEr"]) > float(base["CIDEr"])
     assert float(tuned["train loss"]) > 0 and base["train loss"] == ""
 
@@ -89,7 +89,7 @@ def test_a_queued_threshold_sweep_reuses_detect_and_clip_score(demo) -> None:
     repo, env, _ = demo
     _run([sys.executable, "-m", "dvc", "exp", "run", "--queue", "-n", "sweep-test",
           *override_args(repo / "configs" / "demo.yaml"), *SMALLER, *SWEEP,
-          "-S", "clip_threshold=-0.3,-0.1"], repo, env)
+          "-S", "clip_threshold=0.4,0.8"], repo, env)
     log = _run([sys.executable, "-m", "dvc", "exp", "run", "--run-all", "-j", "1"], repo, env)
     report = _run([sys.executable, "-m", "stages.report", "--prefix", "sweep-test-",
                    "--plot", "plots/sweep/thresholds.csv"], repo, env)
@@ -99,13 +99,13 @@ def test_a_queued_threshold_sweep_reuses_detect_and_clip_score(demo) -> None:
     table = _table(report)
     assert list(table) == ["sweep-test-1", "sweep-test-2", "zero-shot base"]
     assert [table[name]["clip_threshold"] for name in ("sweep-test-1", "sweep-test-2")] == \
-        ["-0.3", "-0.1"]
+        ["0.4", "0.8"]
     kept = [int(table[name]["regions kept"]) for name in ("sweep-test-1", "sweep-test-2")]
     assert kept[0] > kept[1]  # a lower threshold keeps more regions
     with open(repo / "plots" / "sweep" / "thresholds.csv", newline="") as handle:
         points = list(csv.DictReader(handle))
     assert [(p["clip_threshold"], int(p["regions_kept"])) for p in points] == \
-        [("-0.3", kept[0]), ("-0.1", kept[1])]
+        [("0.4", kept[0]), ("0.8", kept[1])]
 
 
 def test_a_second_clone_takes_the_expensive_stages_from_the_remote(demo) -> None:
@@ -125,7 +125,7 @@ def test_a_second_clone_takes_the_expensive_stages_from_the_remote(demo) -> None
          clone, env)
     log = _run([sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", "clone-test",
                 *override_args(clone / "configs" / "demo.yaml"), *SMALLER, *SWEEP,
-                "-S", "clip_threshold=-0.1"], clone, env)
+                "-S", "clip_threshold=0.8"], clone, env)
 
     _upstream_not_run(log, experiments=1)
     assert "Running stage 'assemble'" in log
