@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -57,3 +57,26 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def fit(model: torch.nn.Module, recipe: object, step_loss: Callable[[], torch.Tensor],
+        on_step: Callable[[int, float], None] | None = None) -> list[float]:
+    """`recipe.steps` AdamW steps on `step_loss()` (warm-up then cosine, gradients clipped
+    to `recipe.max_grad_norm`); the model ends in eval mode. Returns every step's loss."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr,
+                                  weight_decay=recipe.weight_decay)
+    schedule = warmup_cosine(optimizer, recipe.warmup_steps, recipe.steps)
+    model.train()
+    losses = []
+    for step in range(recipe.steps):
+        loss = step_loss()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if on_step:
+            on_step(step, losses[-1])
+    model.eval()
+    return losses

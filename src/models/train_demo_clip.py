@@ -20,7 +20,7 @@ from transformers import CLIPModel, ProcessorMixin
 
 from src.data.images import crop_box
 from src.models.clip import image_pixels
-from src.models.demo_training import PHRASES, stored_scenes, warmup_cosine
+from src.models.demo_training import PHRASES, fit, stored_scenes
 
 
 @dataclass(frozen=True)
@@ -84,22 +84,10 @@ def train_clip(model: CLIPModel, processor: ProcessorMixin, recipe: ClipRecipe, 
     rng = random.Random(f"{seed}-clip")
     text_inputs = dict(processor.tokenizer(list(PHRASES), padding=True, return_tensors="pt"))
     names = [object_name(p) for p in PHRASES]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr,
-                                  weight_decay=recipe.weight_decay)
-    schedule = warmup_cosine(optimizer, recipe.warmup_steps, recipe.steps)
-    model.train()
-    losses = []
-    for step in range(recipe.steps):
+
+    def step_loss() -> torch.Tensor:
         crops, phrases = crop_batch(rng, recipe.crops_per_step, pad_frac, recipe.box_jitter)
         positives = torch.tensor([[object_name(p) == name for name in names] for p in phrases])
-        loss = contrastive_loss(model, image_pixels(processor, crops), text_inputs, positives)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if on_step:
-            on_step(step, losses[-1])
-    model.eval()
-    return losses
+        return contrastive_loss(model, image_pixels(processor, crops), text_inputs, positives)
+
+    return fit(model, recipe, step_loss, on_step)

@@ -22,7 +22,7 @@ from transformers import GroundingDinoForObjectDetection, ProcessorMixin
 from src.augment.grounding import canvas_size
 from src.augment.spans import build_prompt
 from src.data.synthetic_coco import IMAGE_SIZES, Scene
-from src.models.demo_training import stored_scenes, warmup_cosine
+from src.models.demo_training import fit, stored_scenes
 from src.models.grounding_dino_loss import attach, training_loss
 
 
@@ -71,21 +71,9 @@ def train_detector(model: GroundingDinoForObjectDetection, processor: ProcessorM
     loss of every step."""
     rng = random.Random(f"{seed}-detector")
     attach(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr,
-                                  weight_decay=recipe.weight_decay)
-    schedule = warmup_cosine(optimizer, recipe.warmup_steps, recipe.steps)
-    model.train()
-    losses = []
-    for step in range(recipe.steps):
+
+    def step_loss() -> torch.Tensor:
         inputs, labels = detector_batch(processor, rng, recipe.batch_size)
-        loss, _ = training_loss(model, inputs, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if on_step:
-            on_step(step, losses[-1])
-    model.eval()
-    return losses
+        return training_loss(model, inputs, labels)[0]
+
+    return fit(model, recipe, step_loss, on_step)
