@@ -91,3 +91,17 @@ def test_function_level_imports_are_followed() -> None:
     assert REPO / "src/eval/run.py" in files  # imported inside main()
     assert REPO / "src/models/clip.py" in files  # indirectly
     assert not any(path.name == "__init__.py" for path in files - OUTPUT_NEUTRAL)  # empty
+
+
+def test_dvc_yaml_has_no_repeated_key() -> None:
+    """DVC refuses a dvc.yaml with a key twice (PyYAML silently keeps the last one)."""
+    def unique_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
+        keys = [loader.construct_object(key) for key, _ in node.value]
+        assert len(keys) == len(set(keys)), f"repeated keys in dvc.yaml: {keys}"
+        return loader.construct_mapping(node)
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, unique_keys)
+    assert "stages" in yaml.load((REPO / "dvc.yaml").read_text(encoding="utf-8"), Loader)
