@@ -13,6 +13,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = """
 import json
+import sys
+from pathlib import Path
+
 from accelerate import PartialState
 from src.data.skips import Skip, SkipCounter
 
@@ -20,7 +23,8 @@ state = PartialState(cpu=True)
 rank = state.process_index
 counter = SkipCounter.of([Skip(10 + rank, "missing"), *([Skip(7, "empty")] if rank else [])])
 merged = counter.gathered()
-print(json.dumps({"rank": rank, "processes": state.num_processes, "merged": merged.as_dict()}))
+report = {"rank": rank, "processes": state.num_processes, "merged": merged.as_dict()}
+Path(sys.argv[1], f"{rank}.json").write_text(json.dumps(report))
 """
 
 
@@ -30,14 +34,14 @@ def test_two_processes_merge_their_skips(tmp_path: Path) -> None:
     script.write_text(SCRIPT)
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", "--main_process_port", "29531", str(script)]
+               "--dynamo_backend", "no", "--main_process_port", "29531", str(script), str(tmp_path)]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(REPO)}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    reports = sorted((json.loads(line) for line in done.stdout.splitlines()
-                      if line.startswith("{")), key=lambda report: report["rank"])
+    # One file per process: two processes printing at once can interleave on one line.
+    reports = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["processes"] for r in reports] == [2, 2]
     expected = {"empty": [7], "missing": [10, 11]}
     assert [r["merged"] for r in reports] == [expected, expected]
