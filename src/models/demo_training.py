@@ -13,6 +13,7 @@ import math
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -59,7 +60,18 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def fit(model: torch.nn.Module, recipe: object, step_loss: Callable[[], torch.Tensor],
+@dataclass(frozen=True)
+class OptimRecipe:
+    """The optimisation knobs `fit` reads; each model's recipe adds its own."""
+
+    steps: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    max_grad_norm: float
+
+
+def fit(model: torch.nn.Module, recipe: OptimRecipe, step_loss: Callable[[], torch.Tensor],
         on_step: Callable[[int, float], None] | None = None) -> list[float]:
     """`recipe.steps` AdamW steps on `step_loss()` (warm-up then cosine, gradients clipped
     to `recipe.max_grad_norm`); the model ends in eval mode. Returns every step's loss."""

@@ -20,18 +20,18 @@ from transformers import CLIPModel, ProcessorMixin
 
 from src.data.images import crop_box
 from src.models.clip import image_pixels
-from src.models.demo_training import PHRASES, fit, stored_scenes
+from src.models.demo_training import PHRASES, OptimRecipe, fit, stored_scenes
 
 
 @dataclass(frozen=True)
-class ClipRecipe:
+class ClipRecipe(OptimRecipe):
     steps: int = 400
-    crops_per_step: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 100
-    box_jitter: float = 0.1  # each box edge moves by up to this fraction of the box side
     max_grad_norm: float = 1.0
+    crops_per_step: int = 64
+    box_jitter: float = 0.1  # each box edge moves by up to this fraction of the box side
 
 
 def object_name(phrase: str) -> str:

@@ -22,18 +22,18 @@ from transformers import GroundingDinoForObjectDetection, ProcessorMixin
 from src.augment.grounding import canvas_size
 from src.augment.spans import build_prompt
 from src.data.synthetic_coco import IMAGE_SIZES, Scene
-from src.models.demo_training import fit, stored_scenes
+from src.models.demo_training import OptimRecipe, fit, stored_scenes
 from src.models.grounding_dino_loss import attach, training_loss
 
 
 @dataclass(frozen=True)
-class DetectorRecipe:
+class DetectorRecipe(OptimRecipe):
     steps: int = 1800
-    batch_size: int = 4
     lr: float = 5e-4
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     max_grad_norm: float = 0.1
+    batch_size: int = 4
 
 
 def _target(scene: Scene, rng: random.Random) -> tuple[str, dict[str, torch.Tensor]]:
