@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_augment_pipeline import run_assemble, run_clip, run_detect, run_phrases, write_params
+from stage_runs import run_assemble, run_clip, run_detect, run_phrases, write_params
 from train_fixtures import write_demo_jsonl
 
 from src.augment import augment_gdino_clip

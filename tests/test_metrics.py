@@ -164,6 +164,30 @@ def test_cider_by_hand_for_exact_captions_with_disjoint_words() -> None:
     assert result.corpus["cider"] == pytest.approx(10.0)
 
 
+def test_cider_on_wrong_images_by_hand() -> None:
+    references = {1: ["a dog runs on grass"], 2: ["two cats sleep indoors today"]}
+    seeing = score_captions({1: "a dog runs on grass", 2: "two cats sleep indoors today"},
+                            references, meteor=False)
+    # Each caption against the other image's reference shares no word: 0, against 10 above.
+    assert (seeing.corpus["cider"], seeing.cider_wrong_images) == (pytest.approx(10.0), 0.0)
+    # One caption for both images: 10 where it fits, 0 where it does not, on either pairing.
+    blind = score_captions({1: "a dog runs on grass", 2: "a dog runs on grass"}, references,
+                           meteor=False)
+    assert blind.corpus["cider"] == pytest.approx(5.0)
+    assert blind.cider_wrong_images == pytest.approx(5.0)
+    assert score_captions({1: "a dog"}, references, meteor=False).cider_wrong_images is None
+
+
+def test_cider_on_wrong_images_is_cider_of_the_captions_moved_to_the_next_image() -> None:
+    predictions = {1: "a dog on the grass", 2: "two cats on a couch", 3: "a man on a bike"}
+    assert metrics.wrong_image_ids([3, 1, 2]) == {1: 2, 2: 3, 3: 1}
+    moved = {2: predictions[1], 3: predictions[2], 1: predictions[3]}
+    result = score_captions(predictions, REFERENCES, meteor=False)
+    assert result.cider_wrong_images == score_captions(moved, REFERENCES, meteor=False).corpus[
+        "cider"]
+    assert 0 < result.cider_wrong_images < result.corpus["cider"]
+
+
 def test_cider_is_zero_when_no_prediction_matches() -> None:
     predictions = {1: "xyzzy plugh", 2: "frobnicate quux", 3: "..."}
     result = score_captions(predictions, {i: REFERENCES[i] for i in (1, 2, 3)}, meteor=False)

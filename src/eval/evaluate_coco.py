@@ -18,16 +18,19 @@ from pathlib import Path
 from src.params import load_params, override
 
 LABELS = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
-          "meteor": "METEOR", "rougeL": "ROUGE-L", "cider": "CIDEr", "clipscore": "CLIPScore",
+          "meteor": "METEOR", "rougeL": "ROUGE-L", "cider": "CIDEr",
+          "cider_wrong_images": "CIDEr, wrong images", "clipscore": "CLIPScore",
           "refclipscore": "RefCLIPScore"}
 
 
 def format_table(metrics: dict[str, float | int]) -> str:
-    """BLEU-4 and CIDEr first, then the other scores, then the counts."""
-    order = ["bleu4", "cider", *(k for k in LABELS if k not in ("bleu4", "cider"))]
-    lines = [f"{LABELS[k]:<14}{metrics[k]:>9.4f}" if metrics[k] is not None
-             else f"{LABELS[k]:<14}unavailable" for k in order if k in metrics]
-    lines += [f"{k:<14}{metrics[k]:>9d}" for k in ("n_images", "n_empty", "skipped")]
+    """BLEU-4 and CIDEr (with its wrong-image control) first, then the other scores, then the
+    counts."""
+    first = ("bleu4", "cider", "cider_wrong_images")
+    order = [*first, *(k for k in LABELS if k not in first)]
+    lines = [f"{LABELS[k]:<20}{metrics[k]:>9.4f}" if metrics[k] is not None
+             else f"{LABELS[k]:<20}unavailable" for k in order if k in metrics]
+    lines += [f"{k:<20}{metrics[k]:>9d}" for k in ("n_images", "n_empty", "skipped")]
     return "\n".join(lines)
 
 

