@@ -23,11 +23,15 @@ from typing import Any
 from src.data.atomic import atomic_write_text
 
 # (column, metrics file, key): the headline numbers, in the order a threshold sweep reads them.
+# Regions kept are those the CLIP filter passes; region examples, those in the training set
+# (none with assemble.max_region_ratio=0). CIDEr on wrong images is the image-blind control.
 HEADLINE = (("regions kept", "metrics/augment.json", "regions_kept"),
+            ("region examples", "metrics/augment.json", "region_examples"),
             ("keep rate", "metrics/augment.json", "keep_rate"),
             ("train loss", "metrics/train.json", "loss"),
             ("BLEU-4", "metrics/metrics.json", "bleu4"),
             ("CIDEr", "metrics/metrics.json", "cider"),
+            ("CIDEr, wrong images", "metrics/metrics.json", "cider_wrong_images"),
             ("CLIPScore", "metrics/metrics.json", "clipscore"))
 BASELINE = "metrics/baseline.json"
 ALWAYS_SHOWN = ("clip_threshold",)

@@ -10,10 +10,12 @@ from stages.report import experiments, plot_csv, render, select
 def _rev(name: str, timestamp: str, threshold: float, cider: float, kept: int,
          lr: float = 1e-3) -> dict:
     metrics = {"metrics/metrics.json": {"data": {"cider": cider, "bleu4": 0.25,
-                                                 "clipscore": 0.5}},
-               "metrics/baseline.json": {"data": {"cider": 0.01, "bleu4": 0.0, "clipscore": 0.4}},
+                                                 "cider_wrong_images": 0.75, "clipscore": 0.5}},
+               "metrics/baseline.json": {"data": {"cider": 0.01, "bleu4": 0.0,
+                                                  "cider_wrong_images": 0.02, "clipscore": 0.4}},
                "metrics/train.json": {"data": {"loss": 1.5, "steps": 300}},
-               "metrics/augment.json": {"data": {"regions_kept": kept, "keep_rate": 0.25}}}
+               "metrics/augment.json": {"data": {"regions_kept": kept, "keep_rate": 0.25,
+                                                 "region_examples": kept // 2}}}
     params = {"params.yaml": {"data": {"clip_threshold": threshold, "seed": 0,
                                        "train": {"lr": lr, "epochs": 1}}}}
     return {"rev": f"{name}0000000", "name": name,
@@ -37,12 +39,12 @@ def test_newest_experiment_with_results_first() -> None:
 def test_sweep_table_shows_the_threshold_headline_metrics_and_one_base_row() -> None:
     table = render(select(experiments(SHOW), [], "sweep-"))
     assert table.splitlines() == [
-        "| experiment | clip_threshold | regions kept | keep rate | train loss | BLEU-4 | CIDEr "
-        "| CLIPScore |",
-        "|---|---|---|---|---|---|---|---|",
-        "| sweep-1 | 0.3 | 40 | 0.2500 | 1.5000 | 0.2500 | 1.0000 | 0.5000 |",
-        "| sweep-2 | 0.2 | 90 | 0.2500 | 1.5000 | 0.2500 | 2.5000 | 0.5000 |",
-        "| zero-shot base |  |  |  |  | 0.0000 | 0.0100 | 0.4000 |"]
+        "| experiment | clip_threshold | regions kept | region examples | keep rate | train loss "
+        "| BLEU-4 | CIDEr | CIDEr, wrong images | CLIPScore |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        "| sweep-1 | 0.3 | 40 | 20 | 0.2500 | 1.5000 | 0.2500 | 1.0000 | 0.7500 | 0.5000 |",
+        "| sweep-2 | 0.2 | 90 | 45 | 0.2500 | 1.5000 | 0.2500 | 2.5000 | 0.7500 | 0.5000 |",
+        "| zero-shot base |  |  |  |  |  | 0.0000 | 0.0100 | 0.0200 | 0.4000 |"]
 
 
 def test_params_that_differ_get_a_column() -> None:
@@ -67,4 +69,4 @@ def test_unavailable_clipscore_shows_a_dash() -> None:
     offline["data"]["metrics"]["metrics/metrics.json"]["data"].update(
         clipscore=None, clipscore_unavailable="could not load 'x'")
     row = render([offline]).splitlines()[2]
-    assert row == "| offline | 0.2 | 90 | 0.2500 | 1.5000 | 0.2500 | 2.5000 | – |"
+    assert row == "| offline | 0.2 | 90 | 45 | 0.2500 | 1.5000 | 0.2500 | 2.5000 | 0.7500 | – |"
