@@ -34,6 +34,7 @@ demo: setup
 
 # A grid of clip_threshold values, one queued DVC experiment each (run one at a time in temp
 # copies; detect and clip_score come from the run-cache), then the compact table and the plot.
+# Queued only once the last queue worker has exited (stages/queue_idle.py says why).
 #   make sweep                                       # the demo (run `make demo` first)
 #   make sweep PROFILE=coco GRID=0.22,0.26,0.30      # params.yaml as committed
 PROFILE ?= demo
@@ -43,6 +44,7 @@ GRID_coco := 0.22,0.26,0.30
 GRID ?= $(GRID_$(PROFILE))
 sweep: export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 sweep: setup
+	$(PY) -m stages.queue_idle
 	name=sweep-$$(date +%Y%m%d-%H%M%S) && \
 	$(PY) -m stages.overrides $(SWEEP_CONFIGS_$(PROFILE)) --set clip_threshold=$(GRID) \
 	    | xargs -d '\n' $(DVC) exp run --queue -n $$name && \
@@ -56,6 +58,7 @@ sweep: setup
 #   make ablation PROFILE=coco
 ablation: export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 ablation: setup
+	$(PY) -m stages.queue_idle
 	name=ablation-$$(date +%Y%m%d-%H%M%S) && \
 	$(PY) -m stages.overrides $(SWEEP_CONFIGS_$(PROFILE)) --set assemble.max_region_ratio=0,1.0 \
 	    | xargs -d '\n' $(DVC) exp run --queue -n $$name && \
