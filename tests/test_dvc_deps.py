@@ -10,6 +10,9 @@ so editing them must not re-run GroundingDINO or training.
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,3 +108,22 @@ def test_dvc_yaml_has_no_repeated_key() -> None:
 
     Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, unique_keys)
     assert "stages" in yaml.load((REPO / "dvc.yaml").read_text(encoding="utf-8"), Loader)
+
+
+def test_committed_lock_matches_the_tracked_deps() -> None:
+    """dvc.lock records the code and assets of this commit. With a stale lock a user's first
+    queued experiment after `make demo` re-runs clip_score and the base evaluation: DVC takes
+    an unchanged stage's outs from the lock, does not find them in the cache, and runs it
+    again instead of asking the run-cache. Refresh it: `make demo`, then
+    `dvc exp apply <that experiment>`, `git checkout params.yaml`, commit dvc.lock."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.split()
+    status = json.loads(subprocess.run([sys.executable, "-m", "dvc", "status", "--json"],
+                                       cwd=REPO, capture_output=True, text=True,
+                                       check=True).stdout or "{}")
+    stale = {f"{stage}: {path}" for stage, changes in status.items() for change in changes
+             if isinstance(change, dict)
+             for path in change.get("changed deps", {})
+             if path != "params.yaml" and any(name == path or name.startswith(f"{path}/")
+                                              for name in tracked)}
+    assert not stale, f"dvc.lock is stale for {sorted(stale)}"
