@@ -6,7 +6,7 @@ plus its lm_head, and the multimodal projector in full; the random CLIP tower st
 2000 demo train images (5 captions each), 1600 steps of batch 8, lr 1e-3, one thread:
 ~75 CPU seconds here. Held-out: 100 demo val images, greedy captions, COCO CIDEr.
 
-Measured here (seed 0, 1 thread): val loss -> 0.56, CIDEr 1.98, on the wrong images 0.64.
+Measured here (seed 0, 1 thread): val loss falls to 0.56, CIDEr 1.98, on the wrong images 0.64.
 The same run on a constant gray image (image-blind) plateaus at val loss 0.79-0.80 from
 step 200 on and captions every image alike (CIDEr 0.53).
 """
