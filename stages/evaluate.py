@@ -41,10 +41,10 @@ def main(argv: list[str] | None = None) -> None:
         EvalConfig,
         EvalOutputs,
         evaluate,
-        process_state,
         summary,
         write_outputs,
     )
+    from src.models.device_policy import process_group, resolve_device
 
     outputs = EvalOutputs(metrics=args.metrics, predictions=args.predictions,
                           per_image=args.per_image, gallery=args.plots_dir / "gallery.png")
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(params.seed)
     config = EvalConfig.from_params(params, adapter_dir=args.adapter, images_dir=args.images,
                                     ann_path=args.ann, num_workers=args.num_workers)
-    metrics = evaluate(config, outputs, process_state())
+    with process_group(resolve_device()) as state:
+        metrics = evaluate(config, outputs, state)
     if metrics is not None:
         logger.info("%s: %s", "fine-tuned" if args.adapter else "base", summary(metrics))
 

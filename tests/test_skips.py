@@ -16,14 +16,15 @@ import json
 import sys
 from pathlib import Path
 
-from accelerate import PartialState
+import torch
 from src.data.skips import Skip, SkipCounter
+from src.models.device_policy import process_group
 
-state = PartialState(cpu=True)
-rank = state.process_index
-counter = SkipCounter.of([Skip(10 + rank, "missing"), *([Skip(7, "empty")] if rank else [])])
-merged = counter.gathered()
-report = {"rank": rank, "processes": state.num_processes, "merged": merged.as_dict()}
+with process_group(torch.device("cpu")) as state:
+    rank = state.process_index
+    counter = SkipCounter.of([Skip(10 + rank, "missing"), *([Skip(7, "empty")] if rank else [])])
+    merged = counter.gathered()
+    report = {"rank": rank, "processes": state.num_processes, "merged": merged.as_dict()}
 Path(sys.argv[1], f"{rank}.json").write_text(json.dumps(report))
 """
 

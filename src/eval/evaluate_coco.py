@@ -68,14 +68,16 @@ def main(argv: list[str] | None = None) -> None:
     # Imported once params are valid: the ML libraries take seconds to import.
     import torch
 
-    from src.eval.run import EvalConfig, EvalOutputs, evaluate, process_state, summary
+    from src.eval.run import EvalConfig, EvalOutputs, evaluate, summary
+    from src.models.device_policy import process_group, resolve_device
 
     torch.manual_seed(params.seed)
     config = EvalConfig.from_params(params, adapter_dir=args.model, images_dir=args.images,
                                     ann_path=args.ann, num_workers=args.num_workers)
     outputs = EvalOutputs(metrics=args.out, predictions=args.predictions,
                           per_image=args.per_image, gallery=args.gallery)
-    metrics = evaluate(config, outputs, process_state())
+    with process_group(resolve_device()) as state:
+        metrics = evaluate(config, outputs, state)
     if metrics is not None:
         logging.getLogger(__name__).info(summary(metrics))
         print(format_table(metrics))

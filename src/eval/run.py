@@ -30,7 +30,7 @@ from src.eval.clipscore import score_images
 from src.eval.generate import CaptionSettings, caption_shards, predictions_frame
 from src.eval.metrics import find_java_bin_dir, score_captions
 from src.models.clip import load_clip
-from src.models.device_policy import llava_dtype, resolve_device
+from src.models.device_policy import llava_dtype
 from src.params import Params
 from src.preflight import model_problem, require_models, require_paths
 
@@ -83,12 +83,6 @@ class EvalOutputs:
     def shards_dir(self) -> Path:
         """Where finished caption shards live until the predictions are written."""
         return self.predictions.with_name(f".{self.predictions.name}.shards")
-
-
-def process_state() -> PartialState:
-    """This run's processes (torchrun / accelerate launch, else one). Without a GPU accelerate
-    only joins a multi-process run when told to use the CPU (gloo)."""
-    return PartialState(cpu=resolve_device().type == "cpu")
 
 
 def eval_images(captions: CaptionSet, images_dir: Path, num_examples: int,

@@ -9,7 +9,11 @@ bf16). On the CPU everything runs in float32, where half precision is slow; 4-bi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
+from accelerate import PartialState
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")  # what a --device flag accepts
 
@@ -22,6 +26,19 @@ def resolve_device(choice: str = "auto") -> torch.device:
         raise RuntimeError("--device cuda, but torch sees no CUDA GPU "
                            f"(torch {torch.__version__}): use --device cpu or auto")
     return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+@contextmanager
+def process_group(device: torch.device) -> Iterator[PartialState]:
+    """This run's processes (torchrun / accelerate launch, else this one) for the block. Without
+    a GPU accelerate joins a multi-process run only when told to use the CPU (gloo). The group
+    is torn down on the way out: a process that exits with it up can abort in the backend's
+    threads ("terminate called without an active exception")."""
+    state = PartialState(cpu=device.type == "cpu")
+    try:
+        yield state
+    finally:
+        state.destroy_process_group()
 
 
 def llava_dtype(device: torch.device, *, load_in_4bit: bool = False) -> torch.dtype:

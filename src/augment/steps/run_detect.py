@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 import pandas as pd
-from accelerate import Accelerator
+from accelerate import PartialState
 from tqdm import tqdm
 from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
@@ -20,7 +20,7 @@ from src.augment.layout import find_image_dir
 from src.data.shard_map import digest, fingerprint, map_shards, model_digest, remove_stale_shards
 from src.data.skips import SkipCounter
 from src.data.tables import write_table
-from src.models.device_policy import detector_autocast_dtype, resolve_device
+from src.models.device_policy import detector_autocast_dtype, process_group, resolve_device
 from src.models.hub import load_pretrained
 from src.params import Params
 
@@ -34,8 +34,12 @@ def run_detect(params: Params, phrases_path: Path, coco_root: Path, shards_dir: 
     Under `accelerate launch` each process runs its share of the pending shards and the
     main process merges them into `out`. `device` is "auto", "cpu" or "cuda".
     """
-    accelerator = Accelerator(cpu=resolve_device(device).type == "cpu")
+    with process_group(resolve_device(device)) as state:
+        _detect(params, phrases_path, coco_root, shards_dir, out, state)
 
+
+def _detect(params: Params, phrases_path: Path, coco_root: Path, shards_dir: Path, out: Path,
+            state: PartialState) -> None:
     # Model first: its tokenizer and text limit shape the prompts.
     processor = load_pretrained(AutoProcessor.from_pretrained, params.detector_id)
     model = load_pretrained(AutoModelForZeroShotObjectDetection.from_pretrained,
@@ -48,20 +52,20 @@ def run_detect(params: Params, phrases_path: Path, coco_root: Path, shards_dir: 
     items = [(i.image_id, digest([i.file_name, list(i.phrases)])) for i in plan.images]
 
     skips = SkipCounter()
-    model.to(accelerator.device)
+    model.to(state.device)
 
     def work(shards: list[list[int]]):
         with tqdm(total=sum(map(len, shards)), desc="detect", unit="image",
-                  disable=not accelerator.is_local_main_process) as bar:
+                  disable=not state.is_local_main_process) as bar:
             yield from detect_shards(
                 model, processor, plan.images, shards, image_dir,
                 floor_score=params.detect.floor_score, batch_size=params.detect.batch_size,
                 num_workers=params.detect.num_workers, max_text_len=max_text_len,
-                autocast_dtype=detector_autocast_dtype(accelerator.device), on_skip=skips.add,
+                autocast_dtype=detector_autocast_dtype(state.device), on_skip=skips.add,
                 on_images=bar.update)
 
     merged = map_shards(items, work, shards_dir=shards_dir, run=run,
-                        shard_size=params.detect.shard_size, state=accelerator.state,
+                        shard_size=params.detect.shard_size, state=state,
                         key_column="image_id", empty=detections_frame([]))
     if merged is None:
         return
