@@ -84,7 +84,7 @@ plots-template:
 	  sed -n '/<!-- scripts -->/,$$p' configs/plots/page.html | tail -n +2; \
 	} > configs/plots/offline.html && rm -rf $$tmp
 
-# Retrain the demo's tiny models (assets/demo_models, committed) byte for byte: ~40 min on
+# Retrain the demo's tiny models (assets/demo_models, committed) byte for byte: ~11 min on
 # one CPU core; `make demo` only loads them.
 .PHONY: demo-models
 demo-models: setup
