@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from stage_runs import REPO, run_assemble, run_clip, run_detect, run_phrases, write_params
@@ -46,8 +47,7 @@ def _shift_half_a_width(frame: pd.DataFrame) -> pd.DataFrame:
 def _as_cxcywh(frame: pd.DataFrame) -> pd.DataFrame:
     """xyxy boxes read as (cx, cy, w, h), then converted back to xyxy."""
     cx, cy, w, h = (frame[c].to_numpy() for c in BOX)
-    frame[BOX] = pd.DataFrame({"x0": cx - w / 2, "y0": cy - h / 2,
-                               "x1": cx + w / 2, "y1": cy + h / 2}).to_numpy()
+    frame[BOX] = np.column_stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
     return frame
 
 

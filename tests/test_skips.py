@@ -25,6 +25,7 @@ with process_group(torch.device("cpu")) as state:
     counter = SkipCounter.of([Skip(10 + rank, "missing"), *([Skip(7, "empty")] if rank else [])])
     merged = counter.gathered()
     report = {"rank": rank, "processes": state.num_processes, "merged": merged.as_dict()}
+report["group_left_up"] = torch.distributed.is_initialized()
 Path(sys.argv[1], f"{rank}.json").write_text(json.dumps(report))
 """
 
@@ -46,3 +47,4 @@ def test_two_processes_merge_their_skips(tmp_path: Path) -> None:
     assert [r["processes"] for r in reports] == [2, 2]
     expected = {"empty": [7], "missing": [10, 11]}
     assert [r["merged"] for r in reports] == [expected, expected]
+    assert [r["group_left_up"] for r in reports] == [False, False]  # process_group tore it down
