@@ -94,11 +94,11 @@ demo-models: setup
 repro: export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 repro: setup
 	@test -f data/coco/annotations/captions_train2017.json || { echo "COCO 2017 not found in \
-	data/coco: run 'make coco' (downloads ~19 GB) or 'ln -s /path/to/coco2017 data/coco'"; exit 1; }
+	data/coco: run 'make coco' (the images params.yaml samples; all of train2017 is ~19 GB) or 'ln -s /path/to/coco2017 data/coco'"; exit 1; }
 	$(DVC) repro
 
 coco: setup
-	$(PY) -m src.data.download --out data/coco
+	$(PY) -m src.data.download --out data/coco --params params.yaml
 
 clean:
 	rm -rf data/interim data/processed metrics plots models dvclive

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 from stage_runs import run_assemble, run_clip, run_detect, run_phrases, write_params
 from train_fixtures import write_demo_jsonl
@@ -203,3 +204,34 @@ def test_seed_commands_count_every_bad_image_and_use_every_good_one(
         "--predictions", str(tmp_path / "predictions.json"), "--params", str(params)])
     _assert_eval_metrics(json.loads((tmp_path / "metrics.json").read_text()),
                          tmp_path / "predictions.json", bad_coco)
+
+
+def test_seed_augment_reads_images_without_phrases_and_lowers_the_floor(
+        tiny_models: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A decompression bomb whose caption yields no phrase never meets detect: assemble must
+    still read it, keep it out of the JSONL and count it. And --box-threshold 0.1, under
+    params.yaml's detect.floor_score (0.15), runs with the floor lowered to 0.1."""
+    coco = tmp_path / "coco"
+    write_demo(coco, num_train=3, num_val=1, seed=2)
+    ann_path = coco / "annotations" / "captions_train2017.json"
+    ann = json.loads(ann_path.read_text())
+    bomb_id = 777
+    Image.new("1", (10_000, 10_000)).save(coco / "train2017" / "black.png")
+    ann["images"].append({**ann["images"][0], "id": bomb_id, "file_name": "black.png"})
+    ann["annotations"].append({"id": 77_700, "image_id": bomb_id,
+                               "caption": "A huge black image."})
+    ann_path.write_text(json.dumps(ann))
+    params = write_params(tmp_path / "params.yaml", tiny_models, clip_threshold=-1.0)
+
+    jsonl = tmp_path / "out" / "train.jsonl"
+    with caplog.at_level("INFO", logger="src.augment.augment_gdino_clip"):
+        augment_gdino_clip.main(["--coco-root", str(coco), "--out", str(jsonl), "--params",
+                                 str(params), "--box-threshold", "0.1", "--device", "cpu"])
+    assert "detect.floor_score lowered from 0.15 to 0.1" in caplog.text
+    used = yaml.safe_load((tmp_path / "out" / "train_work" / "params.yaml").read_text())
+    assert (used["box_threshold"], used["detect"]["floor_score"]) == (0.1, 0.1)
+
+    stats = json.loads(jsonl.with_suffix(".stats.json").read_text())
+    assert stats["images"] == 4 and stats["images_no_phrases"] == 1
+    assert stats["images_skipped"] == stats["images_skipped_decompression_bomb"] == 1
+    assert _full_image_ids(jsonl) == {image["id"] for image in ann["images"]} - {bomb_id}

@@ -6,7 +6,9 @@
 
 It runs the DVC stages' own steps in order (`src.augment.steps`: phrases, detect,
 clip_score, assemble) on a work folder beside --out, so it cannot drift from `dvc repro`.
-Knobs not given here come from --params (params.yaml). Writes FILE.jsonl,
+Knobs not given here come from --params (params.yaml). A one-shot run serves no threshold
+sweep, so where --box-threshold or --text-threshold is under `detect.floor_score`, the
+floor (the lowest score detect caches) is lowered to it, and the log says so. Writes FILE.jsonl,
 FILE.stats.json (the metrics of metrics/augment.json) and FILE_work/ (the params used,
 tables, resumable detection shards, the gallery and the threshold sweep). Where
 annotations/instances_{split}2017.json exists, the regions are measured against its boxes.
@@ -22,7 +24,21 @@ from pathlib import Path
 import yaml
 
 from src.data.atomic import atomic_write_text
-from src.params import load_params, override
+from src.params import Params, load_params, override
+
+logger = logging.getLogger(__name__)
+
+
+def _floor_for(params: Params, box_threshold: float | None,
+               text_threshold: float | None) -> float | None:
+    """The cache floor lowered to the run's lowest threshold, or None where it is under both."""
+    lowest = min(params.box_threshold if box_threshold is None else box_threshold,
+                 params.text_threshold if text_threshold is None else text_threshold)
+    if lowest >= params.detect.floor_score:
+        return None
+    logger.info("detect.floor_score lowered from %s to %s, the lowest threshold of this run",
+                params.detect.floor_score, lowest)
+    return lowest
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,11 +59,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    params = override(load_params(args.params), {
+    defaults = load_params(args.params)
+    params = override(defaults, {
         "max_images": args.max_images, "box_threshold": args.box_threshold,
         "text_threshold": args.text_threshold, "clip_threshold": args.clip_threshold,
         "detector_id": args.detector_id, "clip_model_id": args.clip_model_id,
-        "detect.batch_size": args.batch_size})
+        "detect.batch_size": args.batch_size,
+        "detect.floor_score": _floor_for(defaults, args.box_threshold, args.text_threshold)})
     # Imported once params are valid: the ML libraries take seconds to import.
     from src.augment.steps.run_assemble import run_assemble
     from src.augment.steps.run_clip_score import run_clip_score

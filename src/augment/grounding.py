@@ -38,6 +38,7 @@ from src.augment.spans import (
 from src.data.images import ImageDataset
 from src.data.shard_map import by_shard, shard_batches
 from src.data.skips import Skip, SkipCounter
+from src.models.device_policy import oom_advice
 
 logger = logging.getLogger(__name__)
 
@@ -324,8 +325,10 @@ def detect_shards(model: torch.nn.Module, processor: ProcessorMixin,
             yield result
 
     results = reported(iter_detections(model, images, loader, floor_score, autocast_dtype))
-    for shard, done in by_shard(plan, results):
-        frame = detections_frame([r.columns for r in done if r.columns is not None])
-        skips = SkipCounter.of(replace(skip, item=images[skip.item].image_id)
-                               for r in done for skip in r.skipped)
-        yield list(shards[shard]), frame, skips
+    with oom_advice("detect", f"lower detect.batch_size (now {batch_size}; the seed "
+                    "command's --batch-size)"):
+        for shard, done in by_shard(plan, results):
+            frame = detections_frame([r.columns for r in done if r.columns is not None])
+            skips = SkipCounter.of(replace(skip, item=images[skip.item].image_id)
+                                   for r in done for skip in r.skipped)
+            yield list(shards[shard]), frame, skips

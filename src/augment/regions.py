@@ -22,6 +22,7 @@ from transformers import ProcessorMixin
 from src.data.images import ImageDataset, crop_box
 from src.data.skips import Skip
 from src.models.clip import image_pixels, paired_cosine_pixels
+from src.models.device_policy import oom_advice
 
 PLACEHOLDER = "{phrase}"
 BOX_COLUMNS = ["box_x0", "box_y0", "box_x1", "box_y1"]
@@ -117,9 +118,10 @@ def score_regions(model: torch.nn.Module, processor: ProcessorMixin, regions: pd
     scores = np.full(len(regions), np.nan, dtype=np.float32)
     captions = regions["caption"].tolist()
     loader = crop_loader(regions, image_dir, processor, pad_frac, num_workers)
-    for rows, pixels in crop_batches(loader, batch_size, on_skip):
-        texts = [captions[i] for i in rows]
-        scores[rows] = paired_cosine_pixels(model, processor, pixels, texts).numpy()
-        if on_rows:
-            on_rows(len(rows))
+    with oom_advice("clip_score", f"lower clip_score.batch_size (now {batch_size})"):
+        for rows, pixels in crop_batches(loader, batch_size, on_skip):
+            texts = [captions[i] for i in rows]
+            scores[rows] = paired_cosine_pixels(model, processor, pixels, texts).numpy()
+            if on_rows:
+                on_rows(len(rows))
     return scores

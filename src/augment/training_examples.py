@@ -11,6 +11,7 @@ examples in the same order.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,16 +160,28 @@ class Assembly:
     metrics: dict[str, Any]
 
 
+def unread_images(captions: pd.DataFrame, regions: pd.DataFrame,
+                  counts: dict[str, Any]) -> list[int]:
+    """The captioned images neither detect nor clip_score is known to have read: those
+    without a phrase (detect never sees them) and those without a candidate."""
+    seen = set(regions["image_id"].tolist())
+    for part in (counts["detect"]["skipped"], counts["clip_score"]["skipped"]):
+        seen.update(i for ids in part.values() for i in ids)
+    return sorted(set(captions["image_id"].tolist()) - seen)
+
+
 def assemble(captions: pd.DataFrame, regions: pd.DataFrame, counts: dict[str, Any],
-             config: AssembleConfig, image_dir_name: str) -> Assembly:
+             config: AssembleConfig, image_dir_name: str,
+             unread_skipped: Mapping[str, Iterable[int]] | None = None) -> Assembly:
     """All examples, sorted by (image id, kind, id), and flat metrics.
 
     `counts` is the metadata carried by regions.parquet: detect's and clip_score's
     counts, with the ids of the images they could not read (no example uses them).
+    `unread_skipped` holds the same for the `unread_images`, read by the caller.
     """
     detect, clip = counts["detect"], counts["clip_score"]
     skipped: dict[str, set[int]] = {}
-    for part in (detect["skipped"], clip["skipped"]):
+    for part in (detect["skipped"], clip["skipped"], unread_skipped or {}):
         for reason, ids in part.items():
             skipped.setdefault(reason, set()).update(ids)
     unreadable = set().union(*skipped.values())

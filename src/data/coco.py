@@ -19,6 +19,7 @@ class CocoImage:
     file_name: str
     width: int
     height: int
+    coco_url: str = ""  # where cocodataset.org serves it; "" when the record has none
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ def load_captions(path: Path) -> CaptionSet:
             file_name=_field(record, "file_name", str, where),
             width=_field(record, "width", int, where),
             height=_field(record, "height", int, where),
+            coco_url=str(record.get("coco_url", "")),
         )
         if image.image_id in images:
             raise SchemaError(f"{where}: duplicate image id {image.image_id}")

@@ -24,6 +24,7 @@ from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
 from src.data.images import ImageDataset
 from src.data.shard_map import by_shard, shard_batches
 from src.data.skips import Skip, SkipCounter
+from src.models.device_policy import oom_advice
 from src.models.llava import format_prompt
 
 logger = logging.getLogger(__name__)
@@ -120,10 +121,12 @@ def caption_shards(model: PreTrainedModel, processor: ProcessorMixin, images: Im
                 bar.update(len(batch.image_ids) + len(batch.skips))
                 yield batch.image_ids, captions, batch.skips
 
-    for shard, done in by_shard(plan, captioned()):
-        skips = SkipCounter()
-        for skip in (skip for _, _, part in done for skip in part):
-            skips.add(skip)
-        yield (list(shards[shard]),
-               predictions_frame([i for ids, _, _ in done for i in ids],
-                                 [c for _, captions, _ in done for c in captions]), skips)
+    with oom_advice("evaluate", f"lower evaluate.batch_size (now {batch_size}; the seed "
+                    "command's --batch-size)"):
+        for shard, done in by_shard(plan, captioned()):
+            skips = SkipCounter()
+            for skip in (skip for _, _, part in done for skip in part):
+                skips.add(skip)
+            yield (list(shards[shard]),
+                   predictions_frame([i for ids, _, _ in done for i in ids],
+                                     [c for _, captions, _ in done for c in captions]), skips)

@@ -28,6 +28,21 @@ def resolve_device(choice: str = "auto") -> torch.device:
     return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
 
 
+class OutOfMemory(RuntimeError):
+    """A stage ran out of device memory; the message names the param to lower."""
+
+
+@contextmanager
+def oom_advice(stage: str, advice: str) -> Iterator[None]:
+    """Re-raise an out-of-memory error of the block (CUDA's, or any torch device's) as
+    OutOfMemory saying which knob to lower: torch's own message names only bytes."""
+    try:
+        yield
+    except torch.OutOfMemoryError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "no detail"
+        raise OutOfMemory(f"{stage} ran out of device memory: {advice} ({first_line})") from error
+
+
 @contextmanager
 def process_group(device: torch.device) -> Iterator[PartialState]:
     """This run's processes (torchrun / accelerate launch, else this one) for the block. Without

@@ -29,7 +29,7 @@ from src.data.coco import path_inside
 from src.data.jsonl import read_examples
 from src.data.shard_map import file_digest, fingerprint, model_digest
 from src.data.skips import Skip, SkipCounter
-from src.models.device_policy import llava_dtype, mixed_precision, resolve_device
+from src.models.device_policy import llava_dtype, mixed_precision, oom_advice, resolve_device
 from src.models.llava import (
     IGNORE_INDEX,
     check_4bit_support,
@@ -264,8 +264,12 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
         trainer.resume(*found)
     _banner(config, data, processor, accelerator.num_processes, total_steps, counts)
 
-    result = trainer.train(found[1] if found else TrainerState(0, 0, 0, run_fingerprint),
-                           show_progress=show_progress)
+    advice = (f"lower train.bsz (now {config.bsz}) and raise train.grad_accum (now "
+              f"{config.grad_accum}) by the same factor, which keeps the effective batch; or "
+              "set train.gradient_checkpointing=true or train.load_in_4bit=true")
+    with oom_advice("train", advice):  # validation included: it runs at train.bsz too
+        result = trainer.train(found[1] if found else TrainerState(0, 0, 0, run_fingerprint),
+                               show_progress=show_progress)
 
     metrics = {
         "loss": _finite_or_none(result.train_loss), "val_loss": _finite_or_none(result.val_loss),

@@ -16,7 +16,12 @@ from tqdm import tqdm
 from src.augment.box_gallery import choose_gallery, draw_boxes, grid, truth_boxes
 from src.augment.layout import find_image_dir
 from src.augment.region_truth import truth_metrics, truth_sweep, truth_table
-from src.augment.training_examples import AssembleConfig, assemble, threshold_sweep
+from src.augment.training_examples import (
+    AssembleConfig,
+    assemble,
+    threshold_sweep,
+    unread_images,
+)
 from src.data.atomic import atomic_path, atomic_write_json, atomic_write_text
 from src.data.coco import load_instances
 from src.data.images import read_image
@@ -26,6 +31,17 @@ from src.data.tables import read_table
 from src.params import Params
 
 logger = logging.getLogger(__name__)
+
+
+def read_unread(image_dir: Path, file_names: dict[int, str], image_ids: list[int]) -> SkipCounter:
+    """Read each image no earlier step opened, so that only readable images reach the JSONL
+    (an image without phrases never meets detect); returns the skips."""
+    skips = SkipCounter()
+    for image_id in tqdm(image_ids, desc="read images without candidates", unit="image"):
+        image = read_image(image_dir, image_id, file_names[image_id])
+        if isinstance(image, Skip):
+            skips.add(image)
+    return skips
 
 
 def run_assemble(params: Params, captions_path: Path, regions_path: Path, coco_root: Path,
@@ -47,7 +63,10 @@ def run_assemble(params: Params, captions_path: Path, regions_path: Path, coco_r
     captions = pd.read_parquet(captions_path)
     regions, counts = read_table(regions_path)
     image_dir_name = find_image_dir(coco_root, captions["file_name"].tolist())
-    result = assemble(captions, regions, counts, config, image_dir_name)
+    file_names = dict(zip(captions["image_id"], captions["file_name"], strict=True))
+    unread = read_unread(coco_root / image_dir_name, file_names,
+                         unread_images(captions, regions, counts))
+    result = assemble(captions, regions, counts, config, image_dir_name, unread.ids)
     write_examples(out, result.examples)
     sweep = threshold_sweep(result.after_nms)
     metrics, truth = result.metrics, None
@@ -60,7 +79,6 @@ def run_assemble(params: Params, captions_path: Path, regions_path: Path, coco_r
     atomic_write_json(metrics_path, metrics)
     atomic_write_text(plots_dir / "threshold_sweep.csv", sweep.to_csv(index=False))
 
-    file_names = dict(zip(captions["image_id"], captions["file_name"], strict=True))
     gallery = choose_gallery(result.after_box_text, result.chosen, settings.gallery_images,
                              params.seed)
     tiles, skips = [], SkipCounter()
