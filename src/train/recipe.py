@@ -36,6 +36,7 @@ from src.models.llava import (
     image_token_count,
     load_llava,
     load_processor,
+    special_token_texts,
 )
 from src.params import Params, TrainParams
 from src.preflight import require_models, require_paths
@@ -144,7 +145,8 @@ class _Data:
 
 def _setup_data(config: FinetuneConfig, paths: FinetunePaths, processor: ProcessorMixin,
                 num_processes: int) -> _Data:
-    examples, malformed = read_examples(paths.train_file, skip_malformed=config.skip_malformed)
+    examples, malformed = read_examples(paths.train_file, skip_malformed=config.skip_malformed,
+                                        reserved=special_token_texts(processor))
     encode = {"max_length": config.max_length, "drop_bad_masks": config.drop_bad_masks}
     train_samples, dropped = encode_examples(examples, processor, **encode)
     if not train_samples:
