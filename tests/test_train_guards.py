@@ -26,10 +26,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def params(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The repo's params with a checkpoint every 2 steps (no flag sets it) and few val images."""
+def params(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The repo's params on the tiny LLaVA, with a checkpoint every 2 steps (no flag sets it)
+    and few val images."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["train"].update(save_every=2, eval_every=3, val_examples=8, log_every=1)
+    raw["model_id"] = str(tiny_models["llava"])
+    raw["train"].update(save_every=2, eval_every=3, val_examples=8, log_every=1, image_size=32,
+                        max_length=128)
     path = tmp_path_factory.mktemp("guards_params") / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -77,9 +80,9 @@ def test_an_existing_folder_with_a_file_survives_output_dir(
     for output_dir in (models, models / "notes.txt"):
         args = _seed_args(demo_coco, train_file, tmp_path, tiny_models["llava"], params)
         args[args.index("--output-dir") + 1] = str(output_dir)
-        if command == "stage train":
-            args = [*args[:args.index("--model-id")], "--image-root", str(demo_coco),
-                    "--live-dir", str(tmp_path / "live")]
+        if command == "stage train":  # its knobs come from params only
+            args = [*args[:args.index("--model-id")], "--params", str(params),
+                    "--image-root", str(demo_coco), "--live-dir", str(tmp_path / "live")]
         main = finetune_llava.main if command == "seed finetune" else train_stage.main
         with pytest.raises(OutputDirError, match=rf"--output-dir {output_dir} "):
             main(args)
