@@ -136,33 +136,46 @@ def test_image_token_in_a_caption_is_counted_not_a_crash(
     assert metrics["steps"] == 2 and metrics["samples_trained"] == 8  # 2 steps x 2 x 2
 
 
+@pytest.mark.parametrize(("fault", "micro_batch", "step", "loss", "kept"), [
+    ("nan pixels", 9, 5, "nan .*;", 4),  # step 5's loss; after the step-4 checkpoint
+    ("nan weight", 8, 4, r"\d\.\d+ .*, weights not finite", 2),  # a finite loss, a NaN update
+])
 def test_a_nan_loss_stops_training_keeping_the_last_good_checkpoint(
         tiny_models, demo_coco: Path, train_file: Path, params: Path, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """NaN pixels in micro-batch 9 (step 5 of 6, after the step-4 checkpoint) make its loss
-    NaN. Training stops at step 5 naming it; checkpoints 2 and 4 stay byte for byte; no adapter
-    and no metrics are written; a rerun without the fault resumes from step 4."""
+        monkeypatch: pytest.MonkeyPatch, fault: str, micro_batch: int, step: int, loss: str,
+        kept: int) -> None:
+    """NaN pixels make a step's loss NaN; a NaN weight after a step with a finite loss is
+    what an overflowing gradient does. Training stops at that step naming it and its loss;
+    the checkpoints saved before it stay byte for byte; no adapter and no metrics are
+    written; a rerun without the fault resumes from the last checkpoint and ends finite."""
     original = loop.Trainer._micro_step
     calls, saved = [], {}
 
-    def nan_in_micro_batch_9(self, batch, window):
+    def planted(self, batch, window):
         calls.append(1)
-        if len(calls) == 9:
+        if len(calls) == micro_batch:
             saved.update({p: p.read_bytes() for p in (tmp_path / "checkpoints").rglob("*")
                           if p.is_file()})
-            batch = {**batch, "pixel_values": torch.full_like(batch["pixel_values"], math.nan)}
-        return original(self, batch, window)
+            if fault == "nan pixels":
+                batch = {**batch,
+                         "pixel_values": torch.full_like(batch["pixel_values"], math.nan)}
+        done = original(self, batch, window)
+        if len(calls) == micro_batch and fault == "nan weight":  # after the optimizer step
+            with torch.no_grad():
+                next(p for p in self.model.parameters() if p.requires_grad).fill_(math.nan)
+        return done
 
     args = _seed_args(demo_coco, train_file, tmp_path, tiny_models["llava"], params, max_steps=6)
-    monkeypatch.setattr(loop.Trainer, "_micro_step", nan_in_micro_batch_9)
-    with pytest.raises(NonFiniteError, match=r"^step 5: training loss nan"):
+    monkeypatch.setattr(loop.Trainer, "_micro_step", planted)
+    with pytest.raises(NonFiniteError, match=rf"^step {step}: training loss {loss}"):
         finetune_llava.main(args)
     checkpoints = tmp_path / "checkpoints"
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000002", "step-00000004"]
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        f"step-{n:08d}" for n in range(2, kept + 1, 2)]
     assert {p: p.read_bytes() for p in checkpoints.rglob("*") if p.is_file()} == saved
-    last = checkpoints / "step-00000004"
+    last = checkpoints / f"step-{kept:08d}"
     state = json.loads((last / "trainer_state.json").read_text())
-    assert state["step"] == 4 and state["train_loss"] > 0
+    assert state["step"] == kept and state["train_loss"] > 0
     weights = load_file(last / "model.safetensors")
     assert weights and all(tensor.isfinite().all() for tensor in weights.values())
     assert not (tmp_path / "lora").exists() and not (tmp_path / "train.json").exists()
@@ -170,6 +183,6 @@ def test_a_nan_loss_stops_training_keeping_the_last_good_checkpoint(
     monkeypatch.setattr(loop.Trainer, "_micro_step", original)
     finetune_llava.main(args)
     metrics = json.loads((tmp_path / "train.json").read_text())
-    assert metrics["resumed_from_step"] == 4 and metrics["steps"] == 6
+    assert metrics["resumed_from_step"] == kept and metrics["steps"] == 6
     adapter = load_file(tmp_path / "lora" / "adapter_model.safetensors")
     assert all(tensor.isfinite().all() for tensor in adapter.values())

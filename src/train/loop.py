@@ -218,12 +218,12 @@ class Trainer:
                              else loss.float().to(device), (~weights_ok).float().to(device)])
         loss_sum, bad_weights = self.accelerator.reduce(flags, reduction="sum").tolist()
         if not math.isfinite(loss_sum) or bad_weights:
+            weights = ", weights not finite after its update" if bad_weights else ""
             raise NonFiniteError(
-                f"step {step}: training loss {loss_sum / self.accelerator.num_processes} "
-                f"(mean over processes), {int(bad_weights)} processes with non-finite weights; "
-                f"stopped without saving this step: the checkpoints in "
-                f"{self.settings.checkpoint_dir} hold only earlier, finite steps. Lower train.lr "
-                "or check the data")
+                f"step {step}: training loss {loss_sum / self.accelerator.num_processes:.4g} "
+                f"(mean over processes){weights}; stopped without saving this step: the "
+                f"checkpoints in {self.settings.checkpoint_dir} hold only earlier, finite "
+                "steps. Lower train.lr or check the data")
 
     def _log(self, step: int, window: _Window) -> float:
         """Log the window's mean loss, lr and throughputs; return the loss."""
