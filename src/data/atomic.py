@@ -1,4 +1,4 @@
-"""Atomic file writes: a half-written output never looks finished."""
+"""Atomic writes of files and folders: a half-written output never looks finished."""
 
 from __future__ import annotations
 
