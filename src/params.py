@@ -1,7 +1,8 @@
 """params.yaml parsed into frozen dataclasses and validated, so a bad value fails at start.
 
 Every field carries its constraint beside it (`_in`, `_positive`, ...), checked by
-`validate` with the dotted key, the value and the reason in the error. Entry points load
+`validate` with the dotted key, the value and the reason in the error; every float must
+also be finite and every `seed` (any section's) within numpy's range. Entry points load
 params before importing torch, so a bad value fails in about a second, before any model
 loads. Seed commands apply their flags with `override`, which validates again.
 """
@@ -9,6 +10,7 @@ loads. Seed commands apply their flags with `override`, which validates again.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from collections.abc import Callable, Mapping
@@ -19,6 +21,9 @@ import yaml
 
 # A float as people write it; PyYAML reads `1e-4` (no dot) as a string, not a float.
 FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+# numpy's legacy seeding (`np.random.seed`, called by accelerate's `set_seed`) takes
+# 0 <= seed < 2**32; torch and `random` take more.
+SEED_LIMIT = 2**32
 
 
 class ParamsError(ValueError):
@@ -218,12 +223,24 @@ def _build(cls: type, raw: object, source: str, prefix: str = "") -> object:
     return cls(**values)
 
 
+def _generic_reason(name: str, value: object) -> str | None:
+    """Rules for every field, whatever its own rule: floats are finite (YAML's `.inf` and
+    `.nan` are floats, and pass `> 0`); any `seed` is within numpy's range."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if name == "seed" and isinstance(value, int) and not 0 <= value < SEED_LIMIT:
+        return f"must be in [0, {SEED_LIMIT - 1}] (numpy's seed range)"
+    return None
+
+
 def _field_errors(node: object, source: str, prefix: str = "") -> list[ParamsError]:
     errors = []
     for spec in dataclasses.fields(node):
         value = getattr(node, spec.name)
         if dataclasses.is_dataclass(value):
             errors += _field_errors(value, source, f"{prefix}{spec.name}.")
+        elif (reason := _generic_reason(spec.name, value)) is not None:
+            errors.append(_error(source, f"{prefix}{spec.name}", value, reason))
         elif "rule" in spec.metadata and not spec.metadata["rule"].test(value):
             errors.append(_error(source, f"{prefix}{spec.name}", value,
                                  spec.metadata["rule"].reason))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,22 @@ def test_malformed_line_names_file_line_and_field(tmp_path: Path, line: str, fie
         read_examples(path)
     examples, skipped = read_examples(path, skip_malformed=True)
     assert (examples, skipped) == (EXAMPLES[:1], 1)
+
+
+@pytest.mark.parametrize(("field", "text"), [("caption", "a <image> dog."),
+                                             ("prompt", "Describe.</s>"),
+                                             ("caption", "<s>")])
+def test_reserved_text_in_a_prompt_or_caption_is_malformed(tmp_path: Path, field: str,
+                                                           text: str) -> None:
+    """The tokenizer reads special-token text as the token wherever it stands."""
+    path = tmp_path / "train.jsonl"
+    write_examples(path, [EXAMPLES[0], dataclasses.replace(EXAMPLES[0], **{field: text})])
+    reserved = ("</s>", "<image>", "<s>")
+    assert len(read_examples(path)[0]) == 2  # without reserved texts: a plain line
+    with pytest.raises(JsonlError, match=f"train.jsonl:2: field '{field}' contains the special "
+                                         "token text '<"):
+        read_examples(path, reserved=reserved)
+    assert read_examples(path, skip_malformed=True, reserved=reserved) == ([EXAMPLES[0]], 1)
 
 
 def test_outputs_get_normal_permissions(tmp_path: Path) -> None:

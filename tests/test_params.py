@@ -3,6 +3,7 @@ only keys that exist."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src.params import ParamsError, flat_keys, load_params, override
+from src.params import ParamsError, flat_keys, load_params, override, validate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,6 +62,12 @@ def test_typo_and_wrong_type_fail(tmp_path: Path) -> None:
     ("profile", "cocoa", "must be one of coco, demo"),
     ("evaluate.num_examples", -1, "must be >= 0"),
     ("clip_score.caption_template", "a photo", "must contain {phrase}"),
+    # Non-finite floats pass `> 0` and `>= 0`; caught by the rule every float gets.
+    ("train.lr", float("inf"), "must be a finite number"),
+    ("clip_score.crop_pad_frac", float("inf"), "must be a finite number"),
+    ("train.max_grad_norm", float("inf"), "must be a finite number"),
+    ("seed", 2**40, "must be in [0, 4294967295] (numpy's seed range)"),
+    ("seed", 2**32, "must be in [0, 4294967295]"),
 ])
 def test_invalid_value_names_key_value_and_reason(tmp_path: Path, key: str, value: object,
                                                   reason: str) -> None:
@@ -68,6 +75,22 @@ def test_invalid_value_names_key_value_and_reason(tmp_path: Path, key: str, valu
     with pytest.raises(ParamsError) as error:
         load_params(path)
     assert str(error.value).startswith(f"{path}: {key}={value!r}: {reason}")
+
+
+def test_yaml_infinity_is_refused_and_seeds_reach_numpys_limit(tmp_path: Path) -> None:
+    """`.inf` as written in params.yaml (a YAML float); the largest seed numpy takes passes,
+    and so does a `seed` key in any section (the rule goes by the name)."""
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text().replace("lr: 1.0e-4", "lr: .inf"))
+    with pytest.raises(ParamsError, match=r"train\.lr=inf: must be a finite number"):
+        load_params(path)
+    assert load_params(_write(tmp_path, {"seed": 2**32 - 1})).seed == 2**32 - 1
+    params = load_params(REPO / "params.yaml")
+    with_train_seed = dataclasses.make_dataclass(
+        "WithSeed", [("seed", int)], bases=(type(params.train),), frozen=True)
+    train = with_train_seed(**dataclasses.asdict(params.train), seed=2**40)
+    with pytest.raises(ParamsError, match=r"train\.seed=1099511627776: must be in"):
+        validate(dataclasses.replace(params, train=train), "test")
 
 
 def test_floor_above_a_threshold_says_why(tmp_path: Path) -> None:
@@ -159,11 +182,28 @@ def test_bad_params_file_fails_fast_before_importing_torch(tmp_path: Path, comma
     assert seconds < 5
 
 
+@pytest.mark.parametrize("command", ["stage train", "seed finetune"])
+def test_infinite_lr_is_refused_before_any_model_loads(tmp_path: Path, command: str) -> None:
+    """`train.lr: .inf` trained 34 of 35 adapter tensors into NaN and exited 0."""
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text().replace("lr: 1.0e-4", "lr: .inf"))
+    kind, name = command.split()
+    module, *args = (ENTRY_POINTS if kind == "stage" else SEED_COMMANDS)[name]
+    if kind == "seed":
+        args = [arg for arg in args if arg not in ("--lr", "1e-4")]  # the file's value stays
+    done, _ = _run_entry_point(module, [*args, "--params", str(path)])
+    assert done.returncode != 0
+    assert f"{path}: train.lr=inf: must be a finite number" in done.stderr
+    assert done.stdout.strip() == "torch not imported"
+
+
 @pytest.mark.parametrize(("command", "flag", "message"), [
     ("augment", ["--box-threshold", "1.5"], "box_threshold=1.5: must be in [0, 1]"),
     ("augment", ["--batch-size", "0"], "detect.batch_size=0: must be > 0"),
     ("finetune", ["--lora-r", "-4"], "train.lora_r=-4: must be > 0"),
     ("finetune", ["--lora-target", "(q_proj"], "train.lora_target='(q_proj': must be a valid"),
+    ("finetune", ["--lr", "inf"], "train.lr=inf: must be a finite number"),
+    ("finetune", ["--seed", "1099511627776"], "seed=1099511627776: must be in [0, 4294967295]"),
     ("evaluate", ["--num-examples", "-3"], "evaluate.num_examples=-3: must be >= 0"),
     ("evaluate", ["--num-beams", "0"], "evaluate.num_beams=0: must be > 0"),
 ])

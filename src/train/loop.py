@@ -8,6 +8,10 @@ uninterrupted run ends, up to float rounding.
 The loss of a batch is the mean over its captions of each caption's mean token loss, so
 a short region caption weighs as much as a long one, and the gradient does not depend
 on how a global batch is split into micro-batches or processes.
+
+A step whose loss or updated weights are not finite stops training (NonFiniteError)
+before anything of it is saved: the checkpoints on disk are of finite steps only, and no
+NaN adapter is written.
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ logger = logging.getLogger(__name__)
 KEEP_CHECKPOINTS = 2  # older ones are deleted; the newest may be mid-write when killed
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")
 MetricsSink = Callable[[int, dict[str, float]], None]
+
+
+class NonFiniteError(FloatingPointError):
+    """A training step gave a non-finite loss or weights; names the step and the loss."""
 
 
 @dataclass(frozen=True)
@@ -200,6 +208,23 @@ class Trainer:
             window.tokens += int(batch["attention_mask"].sum())
             window.samples += len(batch["input_ids"])
 
+    def _check_finite(self, step: int, loss: torch.Tensor | None) -> None:
+        """Raise NonFiniteError, on every process alike, when this step's loss (None: all its
+        images were unreadable) or any trainable weight after its update is not finite."""
+        device = self.accelerator.device
+        weights_ok = torch.stack([p.isfinite().all() for p in self.model.parameters()
+                                  if p.requires_grad]).all()
+        flags = torch.stack([torch.tensor(0.0, device=device) if loss is None
+                             else loss.float().to(device), (~weights_ok).float().to(device)])
+        loss_sum, bad_weights = self.accelerator.reduce(flags, reduction="sum").tolist()
+        if not math.isfinite(loss_sum) or bad_weights:
+            weights = ", weights not finite after its update" if bad_weights else ""
+            raise NonFiniteError(
+                f"step {step}: training loss {loss_sum / self.accelerator.num_processes:.4g} "
+                f"(mean over processes){weights}; stopped without saving this step: the "
+                f"checkpoints in {self.settings.checkpoint_dir} hold only earlier, finite "
+                "steps. Lower train.lr or check the data")
+
     def _log(self, step: int, window: _Window) -> float:
         """Log the window's mean loss, lr and throughputs; return the loss."""
         losses = torch.stack(window.losses).mean() if window.losses else torch.tensor(math.nan)
@@ -242,9 +267,12 @@ class Trainer:
                     result.steps += 1
                     step = result.steps
                     bar.update(1)
-                    if window.micro_losses:
-                        window.losses.append(torch.stack(window.micro_losses).mean())
+                    step_loss = (torch.stack(window.micro_losses).mean()
+                                 if window.micro_losses else None)
+                    if step_loss is not None:
+                        window.losses.append(step_loss)
                         window.micro_losses = []
+                    self._check_finite(step, step_loss)
                     last = step == settings.total_steps
                     if step % settings.log_every == 0 or last:
                         result.train_loss = self._log(step, window)

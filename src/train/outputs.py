@@ -1,14 +1,14 @@
 """The trained adapter directory: PEFT adapter, processor, training config and a model card.
 
-Written into a temp directory beside `output_dir` and renamed over it, so a crash never
-leaves a half-written adapter that looks finished.
+Written into a directory beside `output_dir` and swapped into its place, so a crash never
+leaves a half-written adapter that looks finished. `output_dir` is replaced only when it is
+absent, empty or a previous adapter of this project (it holds MARKER_FILE): a mistyped
+`--output-dir ~/models` is refused, never wiped.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,7 +16,32 @@ import torch
 from peft import PeftModel
 from transformers import ProcessorMixin
 
+from src.data.atomic import replaced_dir
+
 CONFIG_FILE = "train_config.json"
+MARKER_FILE = ".caption-adapter"  # this project wrote the folder: training may replace it
+MARKER_TEXT = ("An adapter written by this project's training (src.train): the next run with "
+               "this --output-dir replaces the whole folder.\n")
+
+
+class OutputDirError(FileExistsError):
+    """`--output-dir` holds something training must not replace."""
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Raise OutputDirError unless `output_dir` is absent, empty or a previous adapter."""
+    output_dir = Path(output_dir)
+    if not output_dir.exists():
+        return
+    if not output_dir.is_dir():
+        raise OutputDirError(f"--output-dir {output_dir} is a file, not a folder: refusing to "
+                             "replace it; choose a new or empty folder")
+    entries = sorted(p.name for p in output_dir.iterdir())
+    if entries and MARKER_FILE not in entries:
+        raise OutputDirError(
+            f"--output-dir {output_dir} holds {len(entries)} entries (e.g. {entries[0]}) and is "
+            f"not an adapter of this project (no {MARKER_FILE}): refusing to replace it; "
+            "choose a new or empty folder, or remove it yourself")
 
 
 def _loss(value: float | None) -> str:
@@ -50,16 +75,11 @@ Prompt: `USER: <image>\\n{{prompt}} ASSISTANT:`.
 def save_adapter_dir(output_dir: Path, model: PeftModel, state_dict: dict[str, torch.Tensor],
                      processor: ProcessorMixin, config: Mapping[str, object],
                      metrics: Mapping[str, object]) -> None:
-    """Write everything (main process only) and replace `output_dir` whole."""
-    output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    """Write everything (main process only) and replace `output_dir` whole, if it may be."""
+    check_output_dir(output_dir)  # again: the folder may have been filled while training
+    with replaced_dir(output_dir) as tmp_dir:
         model.save_pretrained(tmp_dir, state_dict=state_dict, safe_serialization=True)
         processor.save_pretrained(tmp_dir)
         (tmp_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (tmp_dir / "README.md").write_text(model_card(config, metrics))  # replaces PEFT's stub
-        shutil.rmtree(output_dir, ignore_errors=True)
-        tmp_dir.rename(output_dir)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        (tmp_dir / MARKER_FILE).write_text(MARKER_TEXT)

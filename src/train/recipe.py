@@ -36,6 +36,7 @@ from src.models.llava import (
     image_token_count,
     load_llava,
     load_processor,
+    special_token_texts,
 )
 from src.params import Params, TrainParams
 from src.preflight import require_models, require_paths
@@ -49,7 +50,7 @@ from src.train.data import CaptionDataset, Collate, Sample, encode_examples, val
 from src.train.live import LiveMetrics
 from src.train.loop import LoopSettings, Trainer
 from src.train.model import LoraSettings, parameter_counts, prepare_for_training
-from src.train.outputs import save_adapter_dir
+from src.train.outputs import check_output_dir, save_adapter_dir
 from src.train.sampler import LengthGroupedBatches
 
 logger = logging.getLogger(__name__)
@@ -144,7 +145,8 @@ class _Data:
 
 def _setup_data(config: FinetuneConfig, paths: FinetunePaths, processor: ProcessorMixin,
                 num_processes: int) -> _Data:
-    examples, malformed = read_examples(paths.train_file, skip_malformed=config.skip_malformed)
+    examples, malformed = read_examples(paths.train_file, skip_malformed=config.skip_malformed,
+                                        reserved=special_token_texts(processor))
     encode = {"max_length": config.max_length, "drop_bad_masks": config.drop_bad_masks}
     train_samples, dropped = encode_examples(examples, processor, **encode)
     if not train_samples:
@@ -205,10 +207,12 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
              show_progress: bool = True) -> dict[str, object]:
     """Train (or resume) and write the adapter dir and metrics; returns the metrics.
 
-    Inputs, the base model and 4-bit support are checked first: encoding the data takes
-    minutes on a full JSONL, and none of it should run for a model that cannot load.
+    Inputs, the output folder, the base model and 4-bit support are checked first: encoding
+    the data takes minutes on a full JSONL, and none of it should run for a model that cannot
+    load or an adapter that could not be saved.
     """
     require_paths(paths.train_file, paths.image_root, paths.val_ann, paths.val_images)
+    check_output_dir(paths.output_dir)
     require_models(config.model_id)
     if config.load_in_4bit:
         check_4bit_support()
