@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
+from src import provenance
 from src.data.shard_map import (
     by_shard,
     digest,
@@ -116,9 +118,32 @@ def test_batches_never_cross_shards_and_regroup_by_shard() -> None:
     assert list(by_shard(plan, ["a", "b", "c"])) == [(0, ["a", "b"]), (1, ["c"])]
 
 
-def test_fingerprint_changes_with_what_changes_outputs_only() -> None:
-    base = fingerprint(params={"a": 1, "b": [2]}, model="m", inputs="x")
-    assert base == fingerprint(params={"b": [2], "a": 1}, model="m", inputs="x")
-    assert base != fingerprint(params={"a": 2, "b": [2]}, model="m", inputs="x")
-    assert base != fingerprint(params={"a": 1, "b": [2]}, model="m2", inputs="x")
-    assert base != fingerprint(params={"a": 1, "b": [2]}, model="m", inputs="y")
+def test_fingerprint_changes_with_what_changes_outputs_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A project whose step imports `lib` inside a function; `other` is not imported.
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "step.py").write_text("def run():\n    from pkg import lib\n")
+    (package / "lib.py").write_text("SCALE = 1\n")
+    (package / "other.py").write_text("SCALE = 1\n")
+    monkeypatch.setattr(provenance, "ROOT", tmp_path)
+
+    def run(**changes: object) -> str:
+        return fingerprint(**{"code": "pkg.step", "params": {"a": 1, "b": [2]}, "model": "m",
+                              "inputs": "x", **changes})
+
+    base = run()
+    assert base == run(params={"b": [2], "a": 1})
+    assert base != run(params={"a": 2, "b": [2]})
+    assert base != run(model="m2")
+    assert base != run(inputs="y")
+    (package / "other.py").write_text("SCALE = 2\n")
+    assert run() == base  # not the step's code
+    (package / "lib.py").write_text("SCALE = 2\n")
+    edited = run()
+    assert edited != base  # imported, if only inside a function
+    version = provenance.metadata.version
+    monkeypatch.setattr(provenance.metadata, "version",
+                        lambda name: "0.0.1" if name == "tokenizers" else version(name))
+    assert run() != edited  # another tokenizers release

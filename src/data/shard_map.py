@@ -9,19 +9,32 @@ the folder, redoes only the items no finished shard of the same run holds, and t
 main process merges the rows of all items, in item order, whoever computed them.
 
 What is "the same run" is decided by `fingerprint`, the one definition that detection,
-evaluation and training checkpoints share:
+evaluation and training checkpoints share. Two runs are the same when they have the same
+inputs and the same code:
 
-- Finished work is invalidated by anything that changes its output: the output-changing
-  params (floor score, generation settings, the training config), the model's identity
-  (a digest of its config and loaded weights, so a checkpoint rebuilt at the same path
-  or hub id counts as new; an adapter merged in is part of the weights), and the
-  input's content (each item's digest: its id, relative path and, for detection, its
+- Code: the digest of the step module's import closure over the project's files (the
+  files its DVC stage lists as deps, walked by `src.provenance.project_files`, the walk
+  tests/test_dvc_deps.py checks dvc.yaml with), and the versions of Python and of the
+  packages that shape outputs (`src.provenance.OUTPUT_PACKAGES`: torch, transformers,
+  tokenizers, peft, accelerate, pillow, numpy, ...). An edited step re-run by DVC never
+  resumes the old code's work.
+- Inputs: the output-changing params (floor score, generation settings, the training
+  config), the model's identity (a digest of its config and loaded weights, so a
+  checkpoint rebuilt at the same path or hub id counts as new; an adapter merged in is
+  part of the weights), every other input that changes outputs (the processor's and
+  tokenizer's config, the image root, the process count where it changes batches), and
+  the input's content (each item's digest: its id, relative path and, for detection, its
   phrases; a training file by its bytes).
 - It is never invalidated by execution knobs: batch size, DataLoader workers, shard
-  size, the number of processes, or the device's progress. Items are reused across
-  shard sizes because resume is decided per item, not per shard file. Images are
-  identified by their path under the root, not their bytes (COCO's images are immutable;
-  hashing 118k JPEGs would cost more than most stages).
+  size, the number of processes where batches do not depend on it, or the device's
+  progress. Items are reused across shard sizes because resume is decided per item, not
+  per shard file. Images are identified by their path under the root, not their bytes
+  (COCO's images are immutable; hashing 118k JPEGs would cost more than most stages).
+
+What a finished shard holds is final only where it cannot change: an item skipped for a
+reason that can (a missing or unreadable image, restored since) is tried again on resume
+(`src.data.skips.FINAL_REASONS`). Each shard carries Parquet page checksums; a shard that
+fails them (or cannot be read at all) is named in a warning, removed and redone.
 """
 
 from __future__ import annotations
@@ -40,6 +53,7 @@ from accelerate import PartialState
 
 from src.data.skips import SkipCounter
 from src.data.tables import read_metadata, read_table, write_table
+from src.provenance import code_digest, package_versions
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +84,31 @@ def model_digest(model: torch.nn.Module) -> str:
     return hasher.hexdigest()
 
 
-def fingerprint(*, params: Mapping[str, Any], model: str, inputs: object = None) -> str:
-    """The identity of a run's output: output-changing `params`, the `model` digest (see
-    `model_digest`) and the `inputs`' content. Never pass execution knobs (batch size,
-    workers, shard size): they must not invalidate finished work. Inputs that are work
-    items are not passed here: each item's own digest stands for its content."""
-    return digest({"params": params, "model": model, "inputs": inputs})[:16]
+def processor_digest(processor: object) -> str:
+    """sha256 of what a transformers processor (or a bare tokenizer) does to inputs: its
+    image processor's config and its tokenizer's full definition (vocabulary, merges,
+    normalizer, special tokens), whatever directory or hub id it came from."""
+    parts: dict[str, object] = {}
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is not None:
+        parts["image_processor"] = image_processor.to_dict()
+    tokenizer = getattr(processor, "tokenizer", processor)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    parts["tokenizer"] = backend.to_str() if backend is not None else tokenizer.get_vocab()
+    parts["special_tokens"] = getattr(tokenizer, "special_tokens_map", None)
+    return digest(parts)
+
+
+def fingerprint(*, code: str, params: Mapping[str, Any], model: str,
+                inputs: object = None) -> str:
+    """The identity of a run's output (see the module docstring): the code of step module
+    `code` (its name, e.g. `__name__`) and the package versions, output-changing `params`,
+    the `model` digest (see `model_digest`) and every other output-changing input in
+    `inputs` (JSON-serialisable). Never pass execution knobs (batch size, workers, shard
+    size): they must not invalidate finished work. Inputs that are work items are not
+    passed here: each item's own digest stands for its content."""
+    return digest({"code": code_digest(code), "packages": package_versions(),
+                   "params": params, "model": model, "inputs": inputs})[:16]
 
 
 def _shard_path(shards_dir: Path, manifest: Mapping[str, Any]) -> Path:

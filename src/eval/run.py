@@ -22,7 +22,7 @@ from accelerate import PartialState
 from src.data.atomic import atomic_path, atomic_write_json
 from src.data.coco import CaptionSet, load_captions, select_images
 from src.data.images import ImageDataset, read_image
-from src.data.shard_map import digest, fingerprint, map_shards, model_digest
+from src.data.shard_map import digest, fingerprint, map_shards, model_digest, processor_digest
 from src.data.skips import Skip, SkipCounter
 from src.eval.caption_gallery import GalleryRow, render_gallery, render_notice
 from src.eval.captioner import load_captioner
@@ -103,9 +103,9 @@ def _generate(config: EvalConfig, images: ImageDataset, shards_dir: Path,
     model, processor = load_captioner(config.model_id, config.adapter_dir,
                                       pad_to_square=config.pad_to_square,
                                       device=state.device, dtype=dtype)
-    run = fingerprint(params={**vars(config.caption),
-                              "image_processor": processor.image_processor.to_dict()},
-                      model=model_digest(model))
+    run = fingerprint(code=__name__, params=vars(config.caption), model=model_digest(model),
+                      inputs={"processor": processor_digest(processor),
+                              "images": str(config.images_dir)})
 
     work = partial(caption_shards, model, processor, images, settings=config.caption,
                    batch_size=config.batch_size, num_workers=config.num_workers,

@@ -27,7 +27,7 @@ from transformers import ProcessorMixin, get_cosine_schedule_with_warmup
 from src.data.atomic import atomic_write_json
 from src.data.coco import path_inside
 from src.data.jsonl import read_examples
-from src.data.shard_map import file_digest, fingerprint, model_digest
+from src.data.shard_map import file_digest, fingerprint, model_digest, processor_digest
 from src.data.skips import Skip, SkipCounter
 from src.models.device_policy import llava_dtype, mixed_precision, resolve_device
 from src.models.llava import (
@@ -43,6 +43,7 @@ from src.train.checkpoint import (
     TrainerState,
     keep_trainable_weights,
     latest_checkpoint,
+    remove_finished_run,
     remove_other_runs,
 )
 from src.train.data import CaptionDataset, Collate, Sample, encode_examples, validation_examples
@@ -230,8 +231,11 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
     data = _setup_data(config, paths, processor, accelerator.num_processes)
     model = _setup_model(config, accelerator.device)
     run_fingerprint = fingerprint(
-        params={k: v for k, v in run_config.items() if k not in EXECUTION_KNOBS},
-        model=model_digest(model), inputs=file_digest(paths.train_file))
+        code=__name__, params={k: v for k, v in run_config.items() if k not in EXECUTION_KNOBS},
+        model=model_digest(model),
+        inputs={"train_file": file_digest(paths.train_file), "images": str(paths.image_root),
+                "processor": processor_digest(processor),
+                "processes": accelerator.num_processes})  # it sets the global batch
     counts = parameter_counts(model)
     steps_per_epoch = math.ceil(len(data.batches) / config.grad_accum)
     total_steps = config.max_steps if config.max_steps > 0 else config.epochs * steps_per_epoch
@@ -287,6 +291,7 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
                          processor, run_config, metrics)
         if paths.metrics is not None:
             atomic_write_json(paths.metrics, metrics)
+        remove_finished_run(paths.checkpoint_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return metrics
