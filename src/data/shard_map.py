@@ -50,8 +50,9 @@ from typing import Any, TypeVar
 import pandas as pd
 import torch
 from accelerate import PartialState
+from pyarrow import ArrowException
 
-from src.data.skips import SkipCounter
+from src.data.skips import FINAL_REASONS, SkipCounter
 from src.data.tables import read_metadata, read_table, write_table
 from src.provenance import code_digest, package_versions
 
@@ -115,18 +116,59 @@ def _shard_path(shards_dir: Path, manifest: Mapping[str, Any]) -> Path:
     return Path(shards_dir) / f"shard-{digest(manifest)[:16]}.parquet"
 
 
-def finished_items(shards_dir: Path, run: str) -> dict[tuple[int, str], Path]:
-    """(item id, item digest) -> the shard file of run `run` that holds it."""
+def _retried(skipped: Mapping[str, Sequence[int]]) -> set[int]:
+    """The ids a shard skipped for a reason that may read otherwise now."""
+    return {i for reason, ids in skipped.items() if reason not in FINAL_REASONS for i in ids}
+
+
+def _age_order(path: Path) -> tuple[int, str]:
+    try:
+        return path.stat().st_mtime_ns, path.name
+    except FileNotFoundError:
+        return 0, path.name
+
+
+def finished_items(shards_dir: Path, run: str, *,
+                   retry_skipped: bool = True) -> dict[tuple[int, str], Path]:
+    """(item id, item digest) -> the shard file of run `run` that holds it.
+
+    With `retry_skipped`, an item a shard skipped for a reason that can change (see
+    `src.data.skips.FINAL_REASONS`) is not finished there: a resumed run tries it again.
+    Without, it is (a run's own skips, for merging): from a shard that holds it done if
+    there is one, else from the newest shard that skipped it."""
     done: dict[tuple[int, str], Path] = {}
-    for path in sorted(Path(shards_dir).glob(SHARD_GLOB)):
+    skipped: dict[tuple[int, str], Path] = {}
+    for path in sorted(Path(shards_dir).glob(SHARD_GLOB), key=_age_order):
         try:
-            manifest = read_metadata(path).get("manifest", {})
+            metadata = read_metadata(path)
         except (OSError, ValueError):  # not a Parquet file: redone, then replaced
             continue
-        if manifest.get("run") == run:
-            for item, item_digest in manifest["items"]:
+        manifest = metadata.get("manifest", {})
+        if manifest.get("run") != run:
+            continue
+        retried = _retried(metadata.get("skipped", {}))
+        for item, item_digest in manifest["items"]:
+            if item in retried:
+                skipped[(item, item_digest)] = path
+            else:
                 done.setdefault((item, item_digest), path)
-    return done
+    return done if retry_skipped else {**skipped, **done}
+
+
+def remove_damaged_shards(shards_dir: Path) -> int:
+    """Read every shard in full, checking each page's checksum; delete those that fail
+    (named in a warning) so that their items are redone. Returns how many."""
+    damaged = 0
+    for path in sorted(Path(shards_dir).glob(SHARD_GLOB)):
+        try:
+            read_table(path)
+        except FileNotFoundError:  # another process found it damaged first
+            continue
+        except (OSError, ValueError, ArrowException) as error:
+            logger.warning("removing damaged shard %s (its items are redone): %s", path, error)
+            path.unlink(missing_ok=True)
+            damaged += 1
+    return damaged
 
 
 def write_shard(shards_dir: Path, run: str, items: Sequence[tuple[int, str]],
@@ -140,7 +182,7 @@ def write_shard(shards_dir: Path, run: str, items: Sequence[tuple[int, str]],
 
 def _merge(shards_dir: Path, run: str, items: Sequence[tuple[int, str]], key_column: str,
            empty: pd.DataFrame) -> tuple[pd.DataFrame, SkipCounter]:
-    done = finished_items(shards_dir, run)
+    done = finished_items(shards_dir, run, retry_skipped=False)
     missing = [item for item in items if tuple(item) not in done]
     if missing:
         raise RuntimeError(f"{len(missing)} items of run {run} have no finished shard in "
@@ -162,8 +204,9 @@ def _merge(shards_dir: Path, run: str, items: Sequence[tuple[int, str]], key_col
 
 
 def remove_stale_shards(shards_dir: Path, run: str) -> int:
-    """Delete shard files of other runs (and unreadable ones); return how many."""
-    current = set(finished_items(shards_dir, run).values())
+    """Delete shard files of other runs, unreadable ones, and those whose every item a
+    later shard holds; return how many."""
+    current = set(finished_items(shards_dir, run, retry_skipped=False).values())
     stale = [path for path in sorted(Path(shards_dir).glob(SHARD_GLOB)) if path not in current]
     for path in stale:
         path.unlink()
@@ -210,6 +253,7 @@ def map_shards(items: Sequence[tuple[int, str]], work: Work, *, shards_dir: Path
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     Path(shards_dir).mkdir(parents=True, exist_ok=True)
+    remove_damaged_shards(shards_dir)
     done = finished_items(shards_dir, run)
     state.wait_for_everyone()  # every process has read the manifests before any shard is written
     todo = [position for position, item in enumerate(items) if tuple(item) not in done]
