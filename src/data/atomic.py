@@ -1,14 +1,25 @@
-"""Atomic file writes: a half-written output never looks finished."""
+"""Atomic file writes: a half-written output never looks finished.
+
+A write goes to `.<name>.<32 hex digits>.tmp` beside its target and is renamed onto it.
+A killed writer leaves that temp file behind; a step removes those of what it writes
+when it starts (`remove_stale_temps`).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
+
+TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")
 
 
 @contextmanager
@@ -20,7 +31,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"  # matches TEMP_NAME
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -40,3 +51,16 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, payload: Any) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def remove_stale_temps(folder: Path, target: str = "*") -> int:
+    """Delete the temp files of `atomic_path` that a killed write of `target` (a file name or
+    glob; every file by default) left in `folder`; return how many. Call it when a step
+    starts, for what only that step writes: a live writer's temp file would be lost."""
+    stale = [path for path in Path(folder).glob(f".{target}.*.tmp")
+             if TEMP_NAME.fullmatch(path.name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        logger.info("removed %d temp files of an interrupted write from %s", len(stale), folder)
+    return len(stale)

@@ -52,6 +52,7 @@ import torch
 from accelerate import PartialState
 from pyarrow import ArrowException
 
+from src.data.atomic import remove_stale_temps
 from src.data.skips import FINAL_REASONS, SkipCounter
 from src.data.tables import read_metadata, read_table, write_table
 from src.provenance import code_digest, package_versions
@@ -253,6 +254,7 @@ def map_shards(items: Sequence[tuple[int, str]], work: Work, *, shards_dir: Path
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     Path(shards_dir).mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(shards_dir)
     remove_damaged_shards(shards_dir)
     done = finished_items(shards_dir, run)
     state.wait_for_everyone()  # every process has read the manifests before any shard is written

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 
-from src.data.atomic import atomic_path, atomic_write_json
+from src.data.atomic import atomic_path, atomic_write_json, remove_stale_temps
 from src.data.coco import CaptionSet, load_captions, select_images
 from src.data.images import ImageDataset, read_image
 from src.data.shard_map import digest, fingerprint, map_shards, model_digest, processor_digest
@@ -224,6 +224,9 @@ def evaluate(config: EvalConfig, outputs: EvalOutputs,
     clip_problem = model_problem(config.clip_model_id)
     if clip_problem is not None and state.is_main_process:
         logger.warning("CLIPScore will be left out: %s", clip_problem)
+    for path in (outputs.metrics, outputs.predictions, outputs.per_image, outputs.gallery):
+        if path is not None:
+            remove_stale_temps(path.parent, path.name)
     caption_set = load_captions(config.ann_path)
     images, skips = eval_images(caption_set, config.images_dir, config.num_examples,
                                 config.seed)

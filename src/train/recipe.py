@@ -24,7 +24,7 @@ from peft import PeftModel
 from torch.utils.data import DataLoader
 from transformers import ProcessorMixin, get_cosine_schedule_with_warmup
 
-from src.data.atomic import atomic_write_json
+from src.data.atomic import atomic_write_json, remove_stale_temps
 from src.data.coco import path_inside
 from src.data.jsonl import read_examples
 from src.data.shard_map import file_digest, fingerprint, model_digest, processor_digest
@@ -210,6 +210,8 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
     minutes on a full JSONL, and none of it should run for a model that cannot load.
     """
     require_paths(paths.train_file, paths.image_root, paths.val_ann, paths.val_images)
+    if paths.metrics is not None:
+        remove_stale_temps(paths.metrics.parent, paths.metrics.name)
     require_models(config.model_id)
     if config.load_in_4bit:
         check_4bit_support()

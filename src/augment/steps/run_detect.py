@@ -17,6 +17,7 @@ from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
 from src.augment.grounding import detect_shards, detections_frame, plan_queries
 from src.augment.layout import find_image_dir
+from src.data.atomic import remove_stale_temps
 from src.data.shard_map import (
     digest,
     fingerprint,
@@ -42,6 +43,7 @@ def run_detect(params: Params, phrases_path: Path, coco_root: Path, shards_dir: 
     main process merges them into `out`. `device` is "auto", "cpu" or "cuda".
     """
     with process_group(resolve_device(device)) as state:
+        remove_stale_temps(out.parent, out.name)
         _detect(params, phrases_path, coco_root, shards_dir, out, state)
 
 
