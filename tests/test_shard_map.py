@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
+from stage_runs import damage_a_page
 
 from src import provenance
 from src.data.shard_map import (
@@ -135,22 +135,12 @@ def test_items_skipped_for_a_reason_that_can_change_are_tried_again(tmp_path: Pa
     assert skips.as_dict() == {"path_escape": [5, 10]}
 
 
-def _damage_a_page(path: Path, column: str) -> None:
-    """Flip one bit inside `column`'s dictionary page (its values); the footer is intact."""
-    metadata = pq.ParquetFile(path).metadata
-    names = [metadata.schema.column(i).name for i in range(metadata.num_columns)]
-    chunk = metadata.row_group(0).column(names.index(column))
-    data = bytearray(path.read_bytes())
-    data[chunk.data_page_offset - 4] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
 def test_a_shard_with_a_damaged_page_is_named_removed_and_redone(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _map(tmp_path, Work())
     damaged = next(path for path in sorted((tmp_path / "shards").glob("shard-*.parquet"))
                    if 8 in read_table(path)[0]["item"].tolist())  # the shard of items 8 and 3
-    _damage_a_page(damaged, "value")
+    damage_a_page(damaged, "value")
     assert read_metadata(damaged)["manifest"]["items"][0][0] == 8  # the footer reads
     redo = Work()
     with caplog.at_level(logging.WARNING, logger="src.data.shard_map"):
