@@ -1,12 +1,17 @@
-"""The augmentation stage mains called as DVC calls them, on a params file of our choosing."""
+"""The augmentation stage mains called as DVC calls them, on a params file of our choosing;
+and the faults a resumed run must survive: a code change, a damaged shard."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
+import pytest
 import yaml
 
+from src import provenance
 from stages import assemble, clip_score, detect, phrases
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,3 +71,30 @@ def phrase_subset(work: Path, image_ids: list[int], name: str) -> str:
     table = pd.read_parquet(work / "phrases.parquet")
     table[table["image_id"].isin(image_ids)].to_parquet(work / f"{name}.parquet")
     return f"{name}.parquet"
+
+
+def project_copy(dest: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the project's code that the run fingerprints digest instead of the repo's:
+    editing a file in it is a code change as the fingerprint sees it (what runs is still
+    the repo's code)."""
+    for folder in ("src", "stages"):
+        shutil.copytree(REPO / folder, dest / folder,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(provenance, "ROOT", dest)
+    return dest
+
+
+def edit(path: Path) -> None:
+    """A code change: one more statement at the end of the module."""
+    path.write_text(path.read_text(encoding="utf-8") + "EDITED = True\n", encoding="utf-8")
+
+
+def damage_a_page(path: Path, column: str) -> None:
+    """Flip one bit inside `column`'s dictionary page (its values) of a Parquet file; the
+    footer stays intact, so the file opens and reads without a checksum."""
+    metadata = pq.ParquetFile(path).metadata
+    names = [metadata.schema.column(i).name for i in range(metadata.num_columns)]
+    chunk = metadata.row_group(0).column(names.index(column))
+    data = bytearray(path.read_bytes())
+    data[chunk.data_page_offset - 4] ^= 0x01
+    path.write_bytes(bytes(data))

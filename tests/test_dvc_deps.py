@@ -1,15 +1,15 @@
 """Every project module a stage runs is one of its dvc.yaml deps, so editing it re-runs the stage.
 
-The modules are found by walking the imports (top-level and inside functions) from the
-stage's `python -m` module through the project's own files; a directory dep covers every
-file under it. Empty package `__init__.py` files hold no code and need no dep, and neither
-do the modules in OUTPUT_NEUTRAL: they change what is printed, never what a stage writes,
-so editing them must not re-run GroundingDINO or training.
+The modules are found by `src.provenance.project_files`, the walk whose files the resume
+fingerprints digest: the imports (top-level and inside functions) from the stage's
+`python -m` module through the project's own files; a directory dep covers every file
+under it. Empty package `__init__.py` files hold no code and need no dep, and neither do
+the modules in OUTPUT_NEUTRAL: they change what is printed, never what a stage writes, so
+editing them must not re-run GroundingDINO or training.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
@@ -18,52 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from src.provenance import OUTPUT_NEUTRAL, project_files
+
 REPO = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
-# src/__init__.py only installs the warning filters of src/known_warnings.py.
-OUTPUT_NEUTRAL = {REPO / "src/__init__.py", REPO / "src/known_warnings.py"}
-
-
-def module_file(name: str) -> Path | None:
-    """The project file of a dotted module name, or None for a module outside the project."""
-    base = REPO.joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _imported_names(path: Path, package: str) -> set[str]:
-    """Dotted names `path` imports: `from a.b import c` yields a.b and a.b.c (c may be a
-    module or a name defined in a.b; only existing modules survive `module_file`)."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            parts = package.split(".")
-            base = ".".join(parts[:len(parts) - node.level + 1]) if node.level else ""
-            module = ".".join(p for p in (base, node.module or "") if p)
-            names.add(module)
-            names.update(f"{module}.{alias.name}" for alias in node.names)
-    # `import a.b.c` runs a/__init__.py and a/b/__init__.py too.
-    return {".".join(name.split(".")[:i]) for name in names
-            for i in range(1, name.count(".") + 2)}
-
-
-def project_files(module: str) -> set[Path]:
-    """The files of `module` and of every project module it imports, directly or not."""
-    seen: set[Path] = set()
-    todo = [module]
-    while todo:
-        name = todo.pop()
-        path = module_file(name)
-        if path is None or path in seen:
-            continue
-        seen.add(path)
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        todo.extend(_imported_names(path, package))
-    return {path for path in seen if path.read_text(encoding="utf-8").strip()}
 
 
 def missing_deps(stage: dict) -> list[str]:
@@ -71,7 +29,7 @@ def missing_deps(stage: dict) -> list[str]:
     words = stage["cmd"].split()
     module = words[words.index("-m") + 1]
     deps = [REPO / dep for dep in stage.get("deps", [])]
-    return sorted(str(path.relative_to(REPO)) for path in project_files(module) - OUTPUT_NEUTRAL
+    return sorted(str(path.relative_to(REPO)) for path in project_files(module)
                   if not any(path == dep or dep in path.parents for dep in deps))
 
 
@@ -93,7 +51,8 @@ def test_function_level_imports_are_followed() -> None:
     files = project_files("stages.evaluate")
     assert REPO / "src/eval/run.py" in files  # imported inside main()
     assert REPO / "src/models/clip.py" in files  # indirectly
-    assert not any(path.name == "__init__.py" for path in files - OUTPUT_NEUTRAL)  # empty
+    assert not any(path.name == "__init__.py" for path in files)  # empty
+    assert not {REPO / name for name in OUTPUT_NEUTRAL} & files
 
 
 def test_dvc_yaml_has_no_repeated_key() -> None:

@@ -3,11 +3,15 @@ are redone, execution knobs never invalidate finished work, and one fingerprint 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pytest
+from stage_runs import damage_a_page
 
+from src import provenance
 from src.data.shard_map import (
     by_shard,
     digest,
@@ -17,6 +21,7 @@ from src.data.shard_map import (
     shard_batches,
 )
 from src.data.skips import Skip, SkipCounter
+from src.data.tables import read_metadata, read_table
 
 EMPTY = pd.DataFrame({"item": pd.Series([], dtype="int64"), "value": pd.Series([], dtype="int64")})
 ITEMS = [(i, digest(f"{i}.jpg")) for i in (5, 1, 8, 3, 10, 7, 2)]  # any id order is kept
@@ -38,18 +43,22 @@ class FakeState:
 
 
 class Work:
-    """Value 10 x id; ids divisible by 5 are skipped. Records which ids it computed."""
+    """Value 10 x id; ids divisible by 5 are skipped for good (path_escape), ids in
+    `missing` for now. Records which ids it computed."""
 
-    def __init__(self) -> None:
+    def __init__(self, missing: frozenset[int] = frozenset()) -> None:
+        self.missing = missing
         self.computed: list[int] = []
 
     def __call__(self, shards: list[list[int]]):
         for shard in shards:
             ids = [ITEMS[position][0] for position in shard]
             self.computed += ids
-            kept = [i for i in ids if i % 5]
+            kept = [i for i in ids if i % 5 and i not in self.missing]
+            skips = [Skip(i, "path_escape") for i in ids if not i % 5]
+            skips += [Skip(i, "missing") for i in ids if i in self.missing]
             yield shard, pd.DataFrame({"item": kept, "value": [10 * i for i in kept]}), \
-                SkipCounter.of(Skip(i, "missing") for i in ids if not i % 5)
+                SkipCounter.of(skips)
 
 
 def _map(tmp_path: Path, work: Work, *, run: str = "r", shard_size: int = 2,
@@ -65,7 +74,7 @@ def test_one_process_maps_every_item_in_item_order(tmp_path: Path) -> None:
     assert sorted(work.computed) == sorted(i for i, _ in ITEMS)
     assert frame["item"].tolist() == [1, 8, 3, 7, 2]
     assert frame["value"].tolist() == [10, 80, 30, 70, 20]
-    assert skips.as_dict() == {"missing": [5, 10]}
+    assert skips.as_dict() == {"path_escape": [5, 10]}
     assert len(list((tmp_path / "shards").glob("shard-*.parquet"))) == 4
 
 
@@ -110,15 +119,69 @@ def test_a_torn_shard_file_is_redone(tmp_path: Path) -> None:
     assert frame["item"].tolist() == [1, 8, 3, 7, 2]
 
 
+def test_items_skipped_for_a_reason_that_can_change_are_tried_again(tmp_path: Path) -> None:
+    frame, skips = _map(tmp_path, Work(missing=frozenset({3, 7})))
+    assert frame["item"].tolist() == [1, 8, 2]
+    assert skips.as_dict() == {"missing": [3, 7], "path_escape": [5, 10]}
+    restored = Work(missing=frozenset({7}))  # 3 is back, 7 is still missing
+    frame, skips = _map(tmp_path, restored)
+    assert restored.computed == [3, 7]  # not 5 and 10: a path escape cannot change
+    assert frame["value"].tolist() == [10, 80, 30, 20]
+    assert skips.as_dict() == {"missing": [7], "path_escape": [5, 10]}
+    everything = Work()
+    frame, skips = _map(tmp_path, everything)
+    assert everything.computed == [7]
+    assert frame["value"].tolist() == [10, 80, 30, 70, 20]
+    assert skips.as_dict() == {"path_escape": [5, 10]}
+
+
+def test_a_shard_with_a_damaged_page_is_named_removed_and_redone(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _map(tmp_path, Work())
+    damaged = next(path for path in sorted((tmp_path / "shards").glob("shard-*.parquet"))
+                   if 8 in read_table(path)[0]["item"].tolist())  # the shard of items 8 and 3
+    damage_a_page(damaged, "value")
+    assert read_metadata(damaged)["manifest"]["items"][0][0] == 8  # the footer reads
+    redo = Work()
+    with caplog.at_level(logging.WARNING, logger="src.data.shard_map"):
+        frame, _ = _map(tmp_path, redo)
+    assert redo.computed == [8, 3]
+    assert frame["value"].tolist() == [10, 80, 30, 70, 20]
+    assert f"removing damaged shard {damaged}" in caplog.text
+
+
 def test_batches_never_cross_shards_and_regroup_by_shard() -> None:
     plan = shard_batches([[0, 1, 2], [3, 4]], lambda s: [s[i:i + 2] for i in range(0, len(s), 2)])
     assert plan == [(0, [0, 1]), (0, [2]), (1, [3, 4])]
     assert list(by_shard(plan, ["a", "b", "c"])) == [(0, ["a", "b"]), (1, ["c"])]
 
 
-def test_fingerprint_changes_with_what_changes_outputs_only() -> None:
-    base = fingerprint(params={"a": 1, "b": [2]}, model="m", inputs="x")
-    assert base == fingerprint(params={"b": [2], "a": 1}, model="m", inputs="x")
-    assert base != fingerprint(params={"a": 2, "b": [2]}, model="m", inputs="x")
-    assert base != fingerprint(params={"a": 1, "b": [2]}, model="m2", inputs="x")
-    assert base != fingerprint(params={"a": 1, "b": [2]}, model="m", inputs="y")
+def test_fingerprint_changes_with_what_changes_outputs_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A project whose step imports `lib` inside a function; `other` is not imported.
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "step.py").write_text("def run():\n    from pkg import lib\n")
+    (package / "lib.py").write_text("SCALE = 1\n")
+    (package / "other.py").write_text("SCALE = 1\n")
+    monkeypatch.setattr(provenance, "ROOT", tmp_path)
+
+    def run(**changes: object) -> str:
+        return fingerprint(**{"code": "pkg.step", "params": {"a": 1, "b": [2]}, "model": "m",
+                              "inputs": "x", **changes})
+
+    base = run()
+    assert base == run(params={"b": [2], "a": 1})
+    assert base != run(params={"a": 2, "b": [2]})
+    assert base != run(model="m2")
+    assert base != run(inputs="y")
+    (package / "other.py").write_text("SCALE = 2\n")
+    assert run() == base  # not the step's code
+    (package / "lib.py").write_text("SCALE = 2\n")
+    edited = run()
+    assert edited != base  # imported, if only inside a function
+    version = provenance.metadata.version
+    monkeypatch.setattr(provenance.metadata, "version",
+                        lambda name: "0.0.1" if name == "tokenizers" else version(name))
+    assert run() != edited  # another tokenizers release

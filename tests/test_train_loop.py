@@ -12,15 +12,17 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
+from stage_runs import edit, project_copy
 from train_fixtures import demo_paths, tiny_config, write_demo_jsonl
 from transformers import AutoProcessor
 
 from src.data.jsonl import Example, JsonlError, read_examples, write_examples
 from src.models.llava import IGNORE_INDEX, load_llava, load_processor, processor_image_size
-from src.train import loop
+from src.train import loop, recipe
 from src.train.data import CaptionDataset, Collate, encode_examples
 from src.train.loop import batch_caption_losses, caption_losses
-from src.train.recipe import finetune
+from src.train.outputs import save_adapter_dir
+from src.train.recipe import FinetuneConfig, finetune
 
 # One torch thread: deterministic, and far faster than two on a busy 2-core machine.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -167,20 +169,42 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny_models, demo_coco:
     assert _steps(paths.live_dir, "val_loss") == [0, 3, 6]
 
 
-def test_checkpoints_of_another_config_are_not_resumed(tiny_models, demo_coco: Path,
-                                                       train_file: Path, tmp_path: Path) -> None:
+def test_a_final_checkpoint_is_reused_only_by_the_same_code_and_config(
+        tiny_models, demo_coco: Path, train_file: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     paths = demo_paths(demo_coco, train_file, tmp_path)
     config = tiny_config(tiny_models["llava"], max_steps=2)
     first = finetune(config, paths, show_progress=False)
     adapter = _adapter(tmp_path)
-    again = finetune(config, paths, show_progress=False)  # resumes at the end: trains nothing
-    assert again["resumed_from_step"] == 2 and again["steps"] == 2
+    assert list(paths.checkpoint_dir.iterdir()) == []  # a finished run keeps no resume scratch
+    again = finetune(config, paths, show_progress=False)  # `dvc repro -f`: trains again
+    assert again["resumed_from_step"] == 0 and again["tokens_per_second"] > 0
     assert again["samples_trained"] == first["samples_trained"] == 16
-    assert again["val_loss"] == first["val_loss"] and again["loss"] == first["loss"]
-    assert first["tokens_per_second"] > 0 and again["tokens_per_second"] is None
+
+    def killed_before_the_outputs(*args: object, **kwargs: object) -> None:
+        raise Killed
+
+    def final_checkpoint_only(config: FinetuneConfig) -> None:
+        monkeypatch.setattr(recipe, "save_adapter_dir", killed_before_the_outputs)
+        with pytest.raises(Killed):
+            finetune(config, paths, show_progress=False)
+        monkeypatch.setattr(recipe, "save_adapter_dir", save_adapter_dir)
+        assert "step-00000002" in {p.name for p in paths.checkpoint_dir.iterdir()}
+
+    final_checkpoint_only(config)
+    project = project_copy(tmp_path / "project", monkeypatch)
+    resumed = finetune(config, paths, show_progress=False)  # the copy is the same code
+    assert resumed["resumed_from_step"] == 2 and resumed["tokens_per_second"] is None
+    assert resumed["samples_trained"] == 16 and resumed["loss"] == again["loss"]
     assert all(torch.equal(tensor, _adapter(tmp_path)[name]) for name, tensor in adapter.items())
+
+    final_checkpoint_only(config)
+    edit(project / "src" / "train" / "loop.py")
+    changed_code = finetune(config, paths, show_progress=False)
+    assert changed_code["resumed_from_step"] == 0 and changed_code["tokens_per_second"] > 0
+
+    final_checkpoint_only(config)
     changed = finetune(tiny_config(tiny_models["llava"], max_steps=2, lr=5e-4), paths,
                        show_progress=False)
     assert changed["resumed_from_step"] == 0
-    states = [json.loads(p.read_text()) for p in paths.checkpoint_dir.glob("*/trainer_state.json")]
-    assert len({state["fingerprint"] for state in states}) == 1
+    assert list(paths.checkpoint_dir.iterdir()) == []

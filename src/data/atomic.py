@@ -1,15 +1,26 @@
-"""Atomic writes of files and folders: a half-written output never looks finished."""
+"""Atomic writes of files and folders: a half-written output never looks finished.
+
+A write goes to `.<name>.<32 hex digits>.tmp` beside its target and is renamed onto it.
+A killed writer leaves that temp file behind; a step removes those of what it writes
+when it starts (`remove_stale_temps`).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
+
+TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")
 
 
 @contextmanager
@@ -21,7 +32,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"  # matches TEMP_NAME
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -71,3 +82,14 @@ def replaced_dir(path: Path) -> Iterator[Path]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
+def remove_stale_temps(folder: Path, target: str = "*") -> int:
+    """Delete the temp files of `atomic_path` that a killed write of `target` (a file name or
+    glob; every file by default) left in `folder`; return how many. Call it when a step
+    starts, for what only that step writes: a live writer's temp file would be lost."""
+    stale = [path for path in Path(folder).glob(f".{target}.*.tmp")
+             if TEMP_NAME.fullmatch(path.name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        logger.info("removed %d temp files of an interrupted write from %s", len(stale), folder)
+    return len(stale)

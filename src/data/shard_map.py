@@ -9,19 +9,32 @@ the folder, redoes only the items no finished shard of the same run holds, and t
 main process merges the rows of all items, in item order, whoever computed them.
 
 What is "the same run" is decided by `fingerprint`, the one definition that detection,
-evaluation and training checkpoints share:
+evaluation and training checkpoints share. Two runs are the same when they have the same
+inputs and the same code:
 
-- Finished work is invalidated by anything that changes its output: the output-changing
-  params (floor score, generation settings, the training config), the model's identity
-  (a digest of its config and loaded weights, so a checkpoint rebuilt at the same path
-  or hub id counts as new; an adapter merged in is part of the weights), and the
-  input's content (each item's digest: its id, relative path and, for detection, its
+- Code: the digest of the step module's import closure over the project's files (the
+  files its DVC stage lists as deps, walked by `src.provenance.project_files`, the walk
+  tests/test_dvc_deps.py checks dvc.yaml with), and the versions of Python and of the
+  packages that shape outputs (`src.provenance.OUTPUT_PACKAGES`: torch, transformers,
+  tokenizers, peft, accelerate, pillow, numpy, ...). An edited step re-run by DVC never
+  resumes the old code's work.
+- Inputs: the output-changing params (floor score, generation settings, the training
+  config), the model's identity (a digest of its config and loaded weights, so a
+  checkpoint rebuilt at the same path or hub id counts as new; an adapter merged in is
+  part of the weights), every other input that changes outputs (the processor's and
+  tokenizer's config, the image root, the process count where it changes batches), and
+  the input's content (each item's digest: its id, relative path and, for detection, its
   phrases; a training file by its bytes).
 - It is never invalidated by execution knobs: batch size, DataLoader workers, shard
-  size, the number of processes, or the device's progress. Items are reused across
-  shard sizes because resume is decided per item, not per shard file. Images are
-  identified by their path under the root, not their bytes (COCO's images are immutable;
-  hashing 118k JPEGs would cost more than most stages).
+  size, the number of processes where batches do not depend on it, or the device's
+  progress. Items are reused across shard sizes because resume is decided per item, not
+  per shard file. Images are identified by their path under the root, not their bytes
+  (COCO's images are immutable; hashing 118k JPEGs would cost more than most stages).
+
+What a finished shard holds is final only where it cannot change: an item skipped for a
+reason that can (a missing or unreadable image, restored since) is tried again on resume
+(`src.data.skips.FINAL_REASONS`). Each shard carries Parquet page checksums; a shard that
+fails them (or cannot be read at all) is named in a warning, removed and redone.
 """
 
 from __future__ import annotations
@@ -37,9 +50,12 @@ from typing import Any, TypeVar
 import pandas as pd
 import torch
 from accelerate import PartialState
+from pyarrow import ArrowException
 
-from src.data.skips import SkipCounter
+from src.data.atomic import remove_stale_temps
+from src.data.skips import FINAL_REASONS, SkipCounter
 from src.data.tables import read_metadata, read_table, write_table
+from src.provenance import code_digest, package_versions
 
 logger = logging.getLogger(__name__)
 
@@ -70,30 +86,90 @@ def model_digest(model: torch.nn.Module) -> str:
     return hasher.hexdigest()
 
 
-def fingerprint(*, params: Mapping[str, Any], model: str, inputs: object = None) -> str:
-    """The identity of a run's output: output-changing `params`, the `model` digest (see
-    `model_digest`) and the `inputs`' content. Never pass execution knobs (batch size,
-    workers, shard size): they must not invalidate finished work. Inputs that are work
-    items are not passed here: each item's own digest stands for its content."""
-    return digest({"params": params, "model": model, "inputs": inputs})[:16]
+def processor_digest(processor: object) -> str:
+    """sha256 of what a transformers processor (or a bare tokenizer) does to inputs: its
+    image processor's config and its tokenizer's full definition (vocabulary, merges,
+    normalizer, special tokens), whatever directory or hub id it came from."""
+    parts: dict[str, object] = {}
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is not None:
+        parts["image_processor"] = image_processor.to_dict()
+    tokenizer = getattr(processor, "tokenizer", processor)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    parts["tokenizer"] = backend.to_str() if backend is not None else tokenizer.get_vocab()
+    parts["special_tokens"] = getattr(tokenizer, "special_tokens_map", None)
+    return digest(parts)
+
+
+def fingerprint(*, code: str, params: Mapping[str, Any], model: str,
+                inputs: object = None) -> str:
+    """The identity of a run's output (see the module docstring): the code of step module
+    `code` (its name, e.g. `__name__`) and the package versions, output-changing `params`,
+    the `model` digest (see `model_digest`) and every other output-changing input in
+    `inputs` (JSON-serialisable). Never pass execution knobs (batch size, workers, shard
+    size): they must not invalidate finished work. Inputs that are work items are not
+    passed here: each item's own digest stands for its content."""
+    return digest({"code": code_digest(code), "packages": package_versions(),
+                   "params": params, "model": model, "inputs": inputs})[:16]
 
 
 def _shard_path(shards_dir: Path, manifest: Mapping[str, Any]) -> Path:
     return Path(shards_dir) / f"shard-{digest(manifest)[:16]}.parquet"
 
 
-def finished_items(shards_dir: Path, run: str) -> dict[tuple[int, str], Path]:
-    """(item id, item digest) -> the shard file of run `run` that holds it."""
+def _retried(skipped: Mapping[str, Sequence[int]]) -> set[int]:
+    """The ids a shard skipped for a reason that may read otherwise now."""
+    return {i for reason, ids in skipped.items() if reason not in FINAL_REASONS for i in ids}
+
+
+def _age_order(path: Path) -> tuple[int, str]:
+    try:
+        return path.stat().st_mtime_ns, path.name
+    except FileNotFoundError:
+        return 0, path.name
+
+
+def finished_items(shards_dir: Path, run: str, *,
+                   retry_skipped: bool = True) -> dict[tuple[int, str], Path]:
+    """(item id, item digest) -> the shard file of run `run` that holds it.
+
+    With `retry_skipped`, an item a shard skipped for a reason that can change (see
+    `src.data.skips.FINAL_REASONS`) is not finished there: a resumed run tries it again.
+    Without, it is (a run's own skips, for merging): from a shard that holds it done if
+    there is one, else from the newest shard that skipped it."""
     done: dict[tuple[int, str], Path] = {}
-    for path in sorted(Path(shards_dir).glob(SHARD_GLOB)):
+    skipped: dict[tuple[int, str], Path] = {}
+    for path in sorted(Path(shards_dir).glob(SHARD_GLOB), key=_age_order):
         try:
-            manifest = read_metadata(path).get("manifest", {})
+            metadata = read_metadata(path)
         except (OSError, ValueError):  # not a Parquet file: redone, then replaced
             continue
-        if manifest.get("run") == run:
-            for item, item_digest in manifest["items"]:
+        manifest = metadata.get("manifest", {})
+        if manifest.get("run") != run:
+            continue
+        retried = _retried(metadata.get("skipped", {}))
+        for item, item_digest in manifest["items"]:
+            if item in retried:
+                skipped[(item, item_digest)] = path
+            else:
                 done.setdefault((item, item_digest), path)
-    return done
+    return done if retry_skipped else {**skipped, **done}
+
+
+def remove_damaged_shards(shards_dir: Path) -> int:
+    """Read every shard in full, checking each page's checksum; delete those that fail
+    (named in a warning) so that their items are redone. Returns how many."""
+    damaged = 0
+    for path in sorted(Path(shards_dir).glob(SHARD_GLOB)):
+        try:
+            read_table(path)
+        except FileNotFoundError:  # another process found it damaged first
+            continue
+        except (OSError, ValueError, ArrowException) as error:
+            logger.warning("removing damaged shard %s (its items are redone): %s", path, error)
+            path.unlink(missing_ok=True)
+            damaged += 1
+    return damaged
 
 
 def write_shard(shards_dir: Path, run: str, items: Sequence[tuple[int, str]],
@@ -107,7 +183,7 @@ def write_shard(shards_dir: Path, run: str, items: Sequence[tuple[int, str]],
 
 def _merge(shards_dir: Path, run: str, items: Sequence[tuple[int, str]], key_column: str,
            empty: pd.DataFrame) -> tuple[pd.DataFrame, SkipCounter]:
-    done = finished_items(shards_dir, run)
+    done = finished_items(shards_dir, run, retry_skipped=False)
     missing = [item for item in items if tuple(item) not in done]
     if missing:
         raise RuntimeError(f"{len(missing)} items of run {run} have no finished shard in "
@@ -129,8 +205,9 @@ def _merge(shards_dir: Path, run: str, items: Sequence[tuple[int, str]], key_col
 
 
 def remove_stale_shards(shards_dir: Path, run: str) -> int:
-    """Delete shard files of other runs (and unreadable ones); return how many."""
-    current = set(finished_items(shards_dir, run).values())
+    """Delete shard files of other runs, unreadable ones, and those whose every item a
+    later shard holds; return how many."""
+    current = set(finished_items(shards_dir, run, retry_skipped=False).values())
     stale = [path for path in sorted(Path(shards_dir).glob(SHARD_GLOB)) if path not in current]
     for path in stale:
         path.unlink()
@@ -177,6 +254,8 @@ def map_shards(items: Sequence[tuple[int, str]], work: Work, *, shards_dir: Path
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     Path(shards_dir).mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(shards_dir)
+    remove_damaged_shards(shards_dir)
     done = finished_items(shards_dir, run)
     state.wait_for_everyone()  # every process has read the manifests before any shard is written
     todo = [position for position, item in enumerate(items) if tuple(item) not in done]

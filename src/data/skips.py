@@ -4,6 +4,11 @@ A `Skip` is what a DataLoader worker returns in place of an item it could not re
 exception would not cross the process boundary intact), what a shard stores, and what a
 stage counts. A `SkipCounter` keeps each reason's item ids, so counts survive merging the
 parts of a run: batches from workers, finished shards, and accelerate processes.
+
+Most reasons describe the file as it was when read (missing, empty, unreadable,
+truncated): a copy still in progress, a disk not mounted, a file restored since. A
+resumed run tries those items again. Only FINAL_REASONS follow from what the item is and
+can never read otherwise under the same run's fingerprint.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from dataclasses import dataclass
 from accelerate.utils import gather_object
 
 logger = logging.getLogger(__name__)
+
+# A relative path that leaves the image root; an image too large to decode safely.
+FINAL_REASONS = frozenset({"path_escape", "decompression_bomb"})
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,9 @@
 The counts a later stage reports (images skipped and why, phrases queried,
 candidates dropped) travel inside the Parquet schema metadata of the table they
 describe, so there is no side file to keep in step with it.
+
+Every page is written with its CRC and checked when read: a damaged page raises OSError
+instead of coming back as other numbers (Parquet only checks its footer by itself).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ def write_table(frame: pd.DataFrame, path: Path, metadata: dict[str, Any]) -> No
     payload = json.dumps(metadata, sort_keys=True).encode("utf-8")
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), METADATA_KEY: payload})
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, write_page_checksum=True)
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
@@ -36,5 +39,6 @@ def read_metadata(path: Path) -> dict[str, Any]:
 
 
 def read_table(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    return pd.read_parquet(path), read_metadata(path)
+    """The table, every page checked against its checksum, and its metadata."""
+    return pd.read_parquet(path, page_checksum_verification=True), read_metadata(path)
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 
-from src.data.atomic import atomic_path, atomic_write_json
+from src.data.atomic import atomic_path, atomic_write_json, remove_stale_temps
 from src.data.coco import CaptionSet, load_captions, select_images
 from src.data.images import ImageDataset, read_image
-from src.data.shard_map import digest, fingerprint, map_shards, model_digest
+from src.data.shard_map import digest, fingerprint, map_shards, model_digest, processor_digest
 from src.data.skips import Skip, SkipCounter
 from src.eval.caption_gallery import GalleryRow, render_gallery, render_notice
 from src.eval.captioner import load_captioner
@@ -103,9 +103,9 @@ def _generate(config: EvalConfig, images: ImageDataset, shards_dir: Path,
     model, processor = load_captioner(config.model_id, config.adapter_dir,
                                       pad_to_square=config.pad_to_square,
                                       device=state.device, dtype=dtype)
-    run = fingerprint(params={**vars(config.caption),
-                              "image_processor": processor.image_processor.to_dict()},
-                      model=model_digest(model))
+    run = fingerprint(code=__name__, params=vars(config.caption), model=model_digest(model),
+                      inputs={"processor": processor_digest(processor),
+                              "images": str(config.images_dir)})
 
     work = partial(caption_shards, model, processor, images, settings=config.caption,
                    batch_size=config.batch_size, num_workers=config.num_workers,
@@ -224,6 +224,9 @@ def evaluate(config: EvalConfig, outputs: EvalOutputs,
     clip_problem = model_problem(config.clip_model_id)
     if clip_problem is not None and state.is_main_process:
         logger.warning("CLIPScore will be left out: %s", clip_problem)
+    for path in (outputs.metrics, outputs.predictions, outputs.per_image, outputs.gallery):
+        if path is not None:
+            remove_stale_temps(path.parent, path.name)
     caption_set = load_captions(config.ann_path)
     images, skips = eval_images(caption_set, config.images_dir, config.num_examples,
                                 config.seed)

@@ -3,9 +3,15 @@
 Layout: `<checkpoint_dir>/step-00000500/` holds `accelerator.save_state` (trainable
 weights only, optimizer, scheduler, RNG states) and `trainer_state.json`, written last,
 so a directory without it is an interrupted save and is ignored. The JSON carries the
-run's fingerprint (`src.data.shard_map.fingerprint`: the config without execution knobs,
-the model's digest, the training file's bytes): checkpoints of another run are never
-resumed.
+run's fingerprint (`src.data.shard_map.fingerprint`: the training code and package
+versions, the config without execution knobs, the model's digest, the training file's
+bytes, the image root, the processor and the process count): checkpoints of another run
+are never resumed.
+
+Checkpoints are resume scratch for a run that has not finished: once the adapter and the
+metrics are written, the run's checkpoints are removed. A killed run resumes (from the
+final checkpoint, it trains nothing and only writes the outputs); a finished run is never
+"resumed", so `dvc repro -f` trains again.
 """
 
 from __future__ import annotations
@@ -71,6 +77,12 @@ def remove_other_runs(checkpoint_dir: Path, run_fingerprint: str) -> int:
         logger.warning("removed %d checkpoints of another config or training file from %s",
                        len(others), checkpoint_dir)
     return len(others)
+
+
+def remove_finished_run(checkpoint_dir: Path) -> None:
+    """Delete every checkpoint: the run's outputs are written, so none is resume scratch."""
+    for path in Path(checkpoint_dir).glob(f"{PREFIX}*"):
+        shutil.rmtree(path)
 
 
 def write_trainer_state(path: Path, state: TrainerState) -> None:

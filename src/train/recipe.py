@@ -24,10 +24,10 @@ from peft import PeftModel
 from torch.utils.data import DataLoader
 from transformers import ProcessorMixin, get_cosine_schedule_with_warmup
 
-from src.data.atomic import atomic_write_json
+from src.data.atomic import atomic_write_json, remove_stale_temps
 from src.data.coco import path_inside
 from src.data.jsonl import read_examples
-from src.data.shard_map import file_digest, fingerprint, model_digest
+from src.data.shard_map import file_digest, fingerprint, model_digest, processor_digest
 from src.data.skips import Skip, SkipCounter
 from src.models.device_policy import llava_dtype, mixed_precision, oom_advice, resolve_device
 from src.models.llava import (
@@ -44,6 +44,7 @@ from src.train.checkpoint import (
     TrainerState,
     keep_trainable_weights,
     latest_checkpoint,
+    remove_finished_run,
     remove_other_runs,
 )
 from src.train.data import CaptionDataset, Collate, Sample, encode_examples, validation_examples
@@ -213,6 +214,8 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
     """
     require_paths(paths.train_file, paths.image_root, paths.val_ann, paths.val_images)
     check_output_dir(paths.output_dir)
+    if paths.metrics is not None:
+        remove_stale_temps(paths.metrics.parent, paths.metrics.name)
     require_models(config.model_id)
     if config.load_in_4bit:
         check_4bit_support()
@@ -234,8 +237,11 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
     data = _setup_data(config, paths, processor, accelerator.num_processes)
     model = _setup_model(config, accelerator.device)
     run_fingerprint = fingerprint(
-        params={k: v for k, v in run_config.items() if k not in EXECUTION_KNOBS},
-        model=model_digest(model), inputs=file_digest(paths.train_file))
+        code=__name__, params={k: v for k, v in run_config.items() if k not in EXECUTION_KNOBS},
+        model=model_digest(model),
+        inputs={"train_file": file_digest(paths.train_file), "images": str(paths.image_root),
+                "processor": processor_digest(processor),
+                "processes": accelerator.num_processes})  # it sets the global batch
     counts = parameter_counts(model)
     steps_per_epoch = math.ceil(len(data.batches) / config.grad_accum)
     total_steps = config.max_steps if config.max_steps > 0 else config.epochs * steps_per_epoch
@@ -295,6 +301,7 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
                          processor, run_config, metrics)
         if paths.metrics is not None:
             atomic_write_json(paths.metrics, metrics)
+        remove_finished_run(paths.checkpoint_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return metrics

@@ -17,7 +17,15 @@ from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
 from src.augment.grounding import detect_shards, detections_frame, plan_queries
 from src.augment.layout import find_image_dir
-from src.data.shard_map import digest, fingerprint, map_shards, model_digest, remove_stale_shards
+from src.data.atomic import remove_stale_temps
+from src.data.shard_map import (
+    digest,
+    fingerprint,
+    map_shards,
+    model_digest,
+    processor_digest,
+    remove_stale_shards,
+)
 from src.data.skips import SkipCounter
 from src.data.tables import write_table
 from src.models.device_policy import detector_autocast_dtype, process_group, resolve_device
@@ -35,6 +43,7 @@ def run_detect(params: Params, phrases_path: Path, coco_root: Path, shards_dir: 
     main process merges them into `out`. `device` is "auto", "cpu" or "cuda".
     """
     with process_group(resolve_device(device)) as state:
+        remove_stale_temps(out.parent, out.name)
         _detect(params, phrases_path, coco_root, shards_dir, out, state)
 
 
@@ -47,8 +56,9 @@ def _detect(params: Params, phrases_path: Path, coco_root: Path, shards_dir: Pat
     max_text_len = model.config.max_text_len
     plan = plan_queries(pd.read_parquet(phrases_path), processor.tokenizer, max_text_len)
     image_dir = coco_root / find_image_dir(coco_root, [i.file_name for i in plan.images])
-    run = fingerprint(params={"floor_score": params.detect.floor_score},
-                      model=model_digest(model))
+    run = fingerprint(code=__name__, params={"floor_score": params.detect.floor_score},
+                      model=model_digest(model),
+                      inputs={"processor": processor_digest(processor), "images": str(image_dir)})
     items = [(i.image_id, digest([i.file_name, list(i.phrases)])) for i in plan.images]
 
     skips = SkipCounter()
