@@ -13,8 +13,9 @@ evaluation and training checkpoints share:
 
 - Finished work is invalidated by anything that changes its output: the output-changing
   params (floor score, generation settings, the training config), the model's identity
-  (a digest of its config and loaded weights, so a checkpoint rebuilt at the same path
-  or hub id counts as new; an adapter merged in is part of the weights), and the
+  (`src.models.weights.model_identity`: a hub id's commit, a local directory's content
+  digest, so a checkpoint rebuilt at the same path or a moved hub branch counts as new;
+  an adapter's directory is part of it), and the
   input's content (each item's digest: its id, relative path and, for detection, its
   phrases; a training file by its bytes).
 - It is never invalidated by execution knobs: batch size, DataLoader workers, shard
@@ -35,7 +36,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
-import torch
 from accelerate import PartialState
 
 from src.data.skips import SkipCounter
@@ -61,18 +61,9 @@ def file_digest(path: Path) -> str:
     return hasher.hexdigest()
 
 
-def model_digest(model: torch.nn.Module) -> str:
-    """sha256 of a model's config and weights as loaded (whatever its id or directory)."""
-    hasher = hashlib.sha256(model.config.to_json_string(use_diff=False).encode("utf-8"))
-    for name, tensor in sorted(model.state_dict().items()):
-        hasher.update(name.encode("utf-8"))
-        hasher.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return hasher.hexdigest()
-
-
 def fingerprint(*, params: Mapping[str, Any], model: str, inputs: object = None) -> str:
-    """The identity of a run's output: output-changing `params`, the `model` digest (see
-    `model_digest`) and the `inputs`' content. Never pass execution knobs (batch size,
+    """The identity of a run's output: output-changing `params`, the `model` identity (see
+    `src.models.weights.model_identity`) and the `inputs`' content. Never pass execution knobs (batch size,
     workers, shard size): they must not invalidate finished work. Inputs that are work
     items are not passed here: each item's own digest stands for its content."""
     return digest({"params": params, "model": model, "inputs": inputs})[:16]

@@ -22,7 +22,7 @@ from accelerate import PartialState
 from src.data.atomic import atomic_path, atomic_write_json
 from src.data.coco import CaptionSet, load_captions, select_images
 from src.data.images import ImageDataset, read_image
-from src.data.shard_map import digest, fingerprint, map_shards, model_digest
+from src.data.shard_map import digest, fingerprint, map_shards
 from src.data.skips import Skip, SkipCounter
 from src.eval.caption_gallery import GalleryRow, render_gallery, render_notice
 from src.eval.captioner import load_captioner
@@ -31,6 +31,7 @@ from src.eval.generate import CaptionSettings, caption_shards, predictions_frame
 from src.eval.metrics import find_java_bin_dir, score_captions
 from src.models.clip import load_clip
 from src.models.device_policy import llava_dtype
+from src.models.weights import model_identity
 from src.params import Params
 from src.preflight import model_problem, require_models, require_paths
 
@@ -105,7 +106,8 @@ def _generate(config: EvalConfig, images: ImageDataset, shards_dir: Path,
                                       device=state.device, dtype=dtype)
     run = fingerprint(params={**vars(config.caption),
                               "image_processor": processor.image_processor.to_dict()},
-                      model=model_digest(model))
+                      model=digest([model_identity(config.model_id),
+                                    config.adapter_dir and model_identity(config.adapter_dir)]))
 
     work = partial(caption_shards, model, processor, images, settings=config.caption,
                    batch_size=config.batch_size, num_workers=config.num_workers,

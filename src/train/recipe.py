@@ -27,7 +27,7 @@ from transformers import ProcessorMixin, get_cosine_schedule_with_warmup
 from src.data.atomic import atomic_write_json
 from src.data.coco import path_inside
 from src.data.jsonl import read_examples
-from src.data.shard_map import file_digest, fingerprint, model_digest
+from src.data.shard_map import file_digest, fingerprint
 from src.data.skips import Skip, SkipCounter
 from src.models.device_policy import llava_dtype, mixed_precision, resolve_device
 from src.models.llava import (
@@ -37,6 +37,7 @@ from src.models.llava import (
     load_llava,
     load_processor,
 )
+from src.models.weights import model_identity
 from src.params import Params, TrainParams
 from src.preflight import require_models, require_paths
 from src.train.checkpoint import (
@@ -231,7 +232,7 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
     model = _setup_model(config, accelerator.device)
     run_fingerprint = fingerprint(
         params={k: v for k, v in run_config.items() if k not in EXECUTION_KNOBS},
-        model=model_digest(model), inputs=file_digest(paths.train_file))
+        model=model_identity(config.model_id), inputs=file_digest(paths.train_file))
     counts = parameter_counts(model)
     steps_per_epoch = math.ceil(len(data.batches) / config.grad_accum)
     total_steps = config.max_steps if config.max_steps > 0 else config.epochs * steps_per_epoch

@@ -17,11 +17,12 @@ from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
 from src.augment.grounding import detect_shards, detections_frame, plan_queries
 from src.augment.layout import find_image_dir
-from src.data.shard_map import digest, fingerprint, map_shards, model_digest, remove_stale_shards
+from src.data.shard_map import digest, fingerprint, map_shards, remove_stale_shards
 from src.data.skips import SkipCounter
 from src.data.tables import write_table
 from src.models.device_policy import detector_autocast_dtype, process_group, resolve_device
 from src.models.hub import load_pretrained
+from src.models.weights import model_identity
 from src.params import Params
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def _detect(params: Params, phrases_path: Path, coco_root: Path, shards_dir: Pat
     plan = plan_queries(pd.read_parquet(phrases_path), processor.tokenizer, max_text_len)
     image_dir = coco_root / find_image_dir(coco_root, [i.file_name for i in plan.images])
     run = fingerprint(params={"floor_score": params.detect.floor_score},
-                      model=model_digest(model))
+                      model=model_identity(params.detector_id))
     items = [(i.image_id, digest([i.file_name, list(i.phrases)])) for i in plan.images]
 
     skips = SkipCounter()
