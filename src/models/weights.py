@@ -1,10 +1,8 @@
 """The identity of a model param (a hub id or a local directory), without reading the weights
 at every start.
 
-- A hub id resolves to a commit. A 40-hex `revision` is its own identity; a branch or tag
-  resolves through the local Hugging Face hub cache, where
-  `models--org--name/refs/<revision>` names the commit of `snapshots/<commit>` (the
-  download that `from_pretrained` just loaded).
+- A hub id resolves to the commit `from_pretrained` loaded: in the local Hugging Face hub
+  cache, `models--org--name/refs/main` names the commit of `snapshots/<commit>`.
 - A local directory resolves to a digest of its files' relative names and bytes. Each
   file's sha256 is cached by (absolute path, size, mtime), as DVC caches its own hashes, in
   one SQLite file under the user's cache directory: every clone and every
@@ -26,12 +24,12 @@ from src.data.shard_map import file_digest
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
-def model_identity(id_or_dir: str | Path, revision: str = "main") -> str:
+def model_identity(id_or_dir: str | Path) -> str:
     """`dir:<digest of the files>` for a local directory, `hub:<id>@<commit>` for a hub id."""
     path = Path(id_or_dir)
     if path.is_dir():
         return f"dir:{directory_digest(path)}"
-    return f"hub:{id_or_dir}@{hub_commit(str(id_or_dir), revision)}"
+    return f"hub:{id_or_dir}@{hub_commit(str(id_or_dir))}"
 
 
 def hub_cache() -> Path:
@@ -41,19 +39,16 @@ def hub_cache() -> Path:
     return _cache_home("HF_HOME", "huggingface") / "hub"
 
 
-def hub_commit(repo_id: str, revision: str = "main") -> str:
-    """The commit `revision` of hub model `repo_id` stands for (OSError when not cached)."""
-    if COMMIT.fullmatch(revision):
-        return revision
+def hub_commit(repo_id: str) -> str:
+    """The commit the hub cache holds for `repo_id`'s main branch (OSError when not cached)."""
     folder = hub_cache() / f"models--{repo_id.replace('/', '--')}"
     try:
-        commit = (folder / "refs" / revision).read_text(encoding="utf-8").strip()
+        commit = (folder / "refs" / "main").read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         commit = ""
     if not (COMMIT.fullmatch(commit) and (folder / "snapshots" / commit).is_dir()):
-        raise OSError(f"{repo_id!r} at revision {revision!r} is not in the hub cache "
-                      f"{hub_cache()}: load the model once online (or `hf download "
-                      f"{repo_id} --revision {revision}`), or pin a commit hash")
+        raise OSError(f"{repo_id!r} is not in the hub cache {hub_cache()}: load it once "
+                      f"online (`hf download {repo_id}`), or set the param to a local directory")
     return commit
 
 
