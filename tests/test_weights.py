@@ -9,6 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
+from stage_runs import phrase_subset, run_detect, run_phrases, write_params
+from transformers import GroundingDinoForObjectDetection
 
 import src.models.weights as weights
 from src.models.weights import directory_digest, hub_commit, model_identity
@@ -149,3 +152,33 @@ def test_a_ref_to_a_missing_snapshot_is_refused(tmp_path: Path) -> None:
     shutil.rmtree(folder / "snapshots" / C1)
     with pytest.raises(OSError, match="not in the hub cache"):
         hub_commit("org/name")
+
+
+def _shards(folder: Path) -> set[str]:
+    return {path.name for path in folder.glob("shard-*.parquet")}
+
+
+def test_detect_redoes_its_shards_when_the_weights_behind_its_path_change(
+        demo_coco: Path, tiny_models: dict[str, Path], tmp_path: Path,
+        reads: list[str]) -> None:
+    """The resume fingerprint follows the weights' content, not the path, and a start with
+    unchanged weights reads none of them to know it."""
+    detector = shutil.copytree(tiny_models["grounding-dino"], tmp_path / "detector")
+    params = write_params(tmp_path / "params.yaml", {**tiny_models, "grounding-dino": detector})
+    run_phrases(demo_coco, tmp_path, params)
+    subset = phrase_subset(tmp_path, [1, 2, 3], "few")
+    run_detect(demo_coco, tmp_path, params, "d", subset)
+    first = _shards(tmp_path / "d_shards")
+    assert first and "model.safetensors" in reads
+
+    reads.clear()
+    run_detect(demo_coco, tmp_path, params, "d", subset)
+    assert _shards(tmp_path / "d_shards") == first
+    assert reads == []
+
+    model = GroundingDinoForObjectDetection.from_pretrained(detector)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    model.save_pretrained(detector)  # retrained, same path
+    run_detect(demo_coco, tmp_path, params, "d", subset)
+    assert _shards(tmp_path / "d_shards").isdisjoint(first)
