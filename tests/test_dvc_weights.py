@@ -45,7 +45,8 @@ def _build(root: Path, folders: dict[str, str]) -> Path:
         copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
         copy(REPO / name, root / name)
     params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
-    params.update(profile="demo", weights=folders)
+    params.update(profile="demo", weights=folders,
+                  **{f"{model}_id": folder for model, folder in folders.items()})
     (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     for folder in folders.values():
         (root / folder).mkdir(parents=True)

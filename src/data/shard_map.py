@@ -63,8 +63,8 @@ def file_digest(path: Path) -> str:
 
 def fingerprint(*, params: Mapping[str, Any], model: str, inputs: object = None) -> str:
     """The identity of a run's output: output-changing `params`, the `model` identity (see
-    `src.models.weights.model_identity`) and the `inputs`' content. Never pass execution knobs (batch size,
-    workers, shard size): they must not invalidate finished work. Inputs that are work
+    `src.models.weights.model_identity`) and the `inputs`' content. Never pass execution
+    knobs (batch size, workers, shard size): they must not invalidate finished work. Inputs that are work
     items are not passed here: each item's own digest stands for its content."""
     return digest({"params": params, "model": model, "inputs": inputs})[:16]
 
