@@ -23,6 +23,7 @@ C1, C2 = "1" * 40, "2" * 40
 def private_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("HF_HOME", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
 
 
@@ -133,10 +134,16 @@ def test_a_hub_id_is_the_commit_its_main_branch_resolves_to(tmp_path: Path,
     assert reads == []  # no weights read for a hub id
 
 
-def test_hf_home_locates_the_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_hub_cache_is_found_as_huggingface_hub_finds_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_HUB_CACHE")
+    _hub_model(tmp_path / "xdg" / "huggingface" / "hub", "org/name", {"main": C1})
+    assert hub_commit("org/name") == C1  # XDG_CACHE_HOME/huggingface/hub
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    _hub_model(tmp_path / "hf" / "hub", "org/name", {"main": C1})
+    _hub_model(tmp_path / "hf" / "hub", "org/name", {"main": C2})
+    assert hub_commit("org/name") == C2
+    monkeypatch.setenv("HUGGINGFACE_HUB_CACHE", str(tmp_path / "hub"))
+    _hub_model(tmp_path / "hub", "org/name", {"main": C1})
     assert hub_commit("org/name") == C1
 
 

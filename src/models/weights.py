@@ -33,9 +33,12 @@ def model_identity(id_or_dir: str | Path) -> str:
 
 
 def hub_cache() -> Path:
-    """Where huggingface_hub keeps its downloads, read now (its constants are read at import)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    """Where huggingface_hub keeps its downloads, in its order (HF_HUB_CACHE, the legacy
+    HUGGINGFACE_HUB_CACHE, HF_HOME/hub, XDG_CACHE_HOME/huggingface/hub), read now: its own
+    constants are read once, at import."""
+    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(variable):
+            return Path(os.path.expandvars(os.environ[variable])).expanduser()
     return _cache_home("HF_HOME", "huggingface") / "hub"
 
 
