@@ -184,24 +184,9 @@ def _floor_below_thresholds(params: Params) -> str | None:
             "re-running the detector would")
 
 
-HUB_STAND_IN = "assets/hub_model.md"
-
-
-def _weights_of(model: str) -> Callable[[Params], str | None]:
-    """weights.<model> names the directory <model>_id loads, or the hub stand-in."""
-    def check(params: Params) -> str | None:
-        model_id = getattr(params, f"{model}_id")
-        if getattr(params.weights, model) in (model_id, HUB_STAND_IN):
-            return None
-        return (f"must be {model}_id ({model_id}) when that is a local directory, so that DVC "
-                f"hashes the weights the stages load, or {HUB_STAND_IN} for a hub id")
-    return check
-
-
 # Constraints between fields: (the key named in the error, a check returning the reason).
 CROSS_RULES: tuple[tuple[str, Callable[[Params], str | None]], ...] = (
     ("detect.floor_score", _floor_below_thresholds),
-    *((f"weights.{model}", _weights_of(model)) for model in ("detector", "clip_model", "model")),
 )
 
 

@@ -70,16 +70,6 @@ def test_invalid_value_names_key_value_and_reason(tmp_path: Path, key: str, valu
     assert str(error.value).startswith(f"{path}: {key}={value!r}: {reason}")
 
 
-def test_weights_name_the_loaded_directory_or_the_hub_stand_in(tmp_path: Path) -> None:
-    local = {"detector_id": "models/gdino", "weights.detector": "models/gdino"}
-    assert load_params(_write(tmp_path, local)).weights.detector == "models/gdino"
-    hub = {"detector_id": "models/gdino", "weights.detector": "assets/hub_model.md"}
-    assert load_params(_write(tmp_path, hub)).weights.detector == "assets/hub_model.md"
-    with pytest.raises(ParamsError, match=r"weights\.clip_model='models/gdino': must be "
-                                          r"clip_model_id \(openai/clip-vit-base-patch32\)"):
-        load_params(_write(tmp_path, {"weights.clip_model": "models/gdino"}))
-
-
 def test_floor_above_a_threshold_says_why(tmp_path: Path) -> None:
     with pytest.raises(ParamsError) as error:
         load_params(_write(tmp_path, {"detect.floor_score": 0.5, "box_threshold": 0.30}))
