@@ -6,9 +6,10 @@ at every start.
 - A local directory resolves to a digest of its files' relative names and bytes. Each
   file's sha256 is cached by (absolute path, size, mtime), as DVC caches its own hashes, in
   one SQLite file under the user's cache directory: every clone and every
-  `dvc exp run --temp` or queued copy of the repo shares it, so 14 GB of weights are read
-  once per content, not once per start. Like DVC, a file rewritten with the same size and
-  mtime is taken as unchanged.
+  `dvc exp run --temp` or queued copy of the repo shares it, so 14 GB of weights outside the
+  repo are read once per content, not once per start (weights inside a copy are new files,
+  read once in it). Like DVC, a file rewritten with the same size and mtime is taken as
+  unchanged.
 """
 
 from __future__ import annotations
