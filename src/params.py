@@ -149,6 +149,16 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class WeightsParams:
+    """The path dvc.yaml depends on for each model: its directory, or a constant stand-in
+    for a hub id (DVC cannot hash a hub repository)."""
+
+    detector: str = _non_empty()
+    clip_model: str = _non_empty()
+    model: str = _non_empty()
+
+
+@dataclass(frozen=True)
 class Params:
     profile: str = _one_of("coco", "demo")
     seed: int = _at_least_zero()
@@ -156,6 +166,7 @@ class Params:
     detector_id: str = _non_empty()
     clip_model_id: str = _non_empty()
     model_id: str = _non_empty()
+    weights: WeightsParams
     max_images: int = _at_least_zero(" (0 = all)")
     box_threshold: float = _in(0, 1)
     text_threshold: float = _in(0, 1)

@@ -19,9 +19,10 @@ inputs and the same code:
   tokenizers, peft, accelerate, pillow, numpy, ...). An edited step re-run by DVC never
   resumes the old code's work.
 - Inputs: the output-changing params (floor score, generation settings, the training
-  config), the model's identity (a digest of its config and loaded weights, so a
-  checkpoint rebuilt at the same path or hub id counts as new; an adapter merged in is
-  part of the weights), every other input that changes outputs (the processor's and
+  config), the model's identity
+  (`src.models.weights.model_identity`: a hub id's commit, a local directory's content
+  digest, so a checkpoint rebuilt at the same path or a moved hub branch counts as new;
+  an adapter's directory is part of it), every other input that changes outputs (the processor's and
   tokenizer's config, the image root, the process count where it changes batches), and
   the input's content (each item's digest: its id, relative path and, for detection, its
   phrases; a training file by its bytes).
@@ -48,7 +49,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
-import torch
 from accelerate import PartialState
 from pyarrow import ArrowException
 
@@ -77,15 +77,6 @@ def file_digest(path: Path) -> str:
     return hasher.hexdigest()
 
 
-def model_digest(model: torch.nn.Module) -> str:
-    """sha256 of a model's config and weights as loaded (whatever its id or directory)."""
-    hasher = hashlib.sha256(model.config.to_json_string(use_diff=False).encode("utf-8"))
-    for name, tensor in sorted(model.state_dict().items()):
-        hasher.update(name.encode("utf-8"))
-        hasher.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return hasher.hexdigest()
-
-
 def processor_digest(processor: object) -> str:
     """sha256 of what a transformers processor (or a bare tokenizer) does to inputs: its
     image processor's config and its tokenizer's full definition (vocabulary, merges,
@@ -105,7 +96,8 @@ def fingerprint(*, code: str, params: Mapping[str, Any], model: str,
                 inputs: object = None) -> str:
     """The identity of a run's output (see the module docstring): the code of step module
     `code` (its name, e.g. `__name__`) and the package versions, output-changing `params`,
-    the `model` digest (see `model_digest`) and every other output-changing input in
+    the `model` identity (see
+    `src.models.weights.model_identity`) and every other output-changing input in
     `inputs` (JSON-serialisable). Never pass execution knobs (batch size, workers, shard
     size): they must not invalidate finished work. Inputs that are work items are not
     passed here: each item's own digest stands for its content."""

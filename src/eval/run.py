@@ -22,7 +22,7 @@ from accelerate import PartialState
 from src.data.atomic import atomic_path, atomic_write_json, remove_stale_temps
 from src.data.coco import CaptionSet, load_captions, select_images
 from src.data.images import ImageDataset, read_image
-from src.data.shard_map import digest, fingerprint, map_shards, model_digest, processor_digest
+from src.data.shard_map import digest, fingerprint, map_shards, processor_digest
 from src.data.skips import Skip, SkipCounter
 from src.eval.caption_gallery import GalleryRow, render_gallery, render_notice
 from src.eval.captioner import load_captioner
@@ -31,6 +31,7 @@ from src.eval.generate import CaptionSettings, caption_shards, predictions_frame
 from src.eval.metrics import find_java_bin_dir, score_captions
 from src.models.clip import load_clip
 from src.models.device_policy import llava_dtype
+from src.models.weights import model_identity
 from src.params import Params
 from src.preflight import model_problem, require_models, require_paths
 
@@ -103,7 +104,9 @@ def _generate(config: EvalConfig, images: ImageDataset, shards_dir: Path,
     model, processor = load_captioner(config.model_id, config.adapter_dir,
                                       pad_to_square=config.pad_to_square,
                                       device=state.device, dtype=dtype)
-    run = fingerprint(code=__name__, params=vars(config.caption), model=model_digest(model),
+    weights = [model_identity(config.model_id),
+               config.adapter_dir and model_identity(config.adapter_dir)]
+    run = fingerprint(code=__name__, params=vars(config.caption), model=digest(weights),
                       inputs={"processor": processor_digest(processor),
                               "images": str(config.images_dir)})
 

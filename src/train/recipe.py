@@ -27,7 +27,7 @@ from transformers import ProcessorMixin, get_cosine_schedule_with_warmup
 from src.data.atomic import atomic_write_json, remove_stale_temps
 from src.data.coco import path_inside
 from src.data.jsonl import read_examples
-from src.data.shard_map import file_digest, fingerprint, model_digest, processor_digest
+from src.data.shard_map import file_digest, fingerprint, processor_digest
 from src.data.skips import Skip, SkipCounter
 from src.models.device_policy import llava_dtype, mixed_precision, oom_advice, resolve_device
 from src.models.llava import (
@@ -38,6 +38,7 @@ from src.models.llava import (
     load_processor,
     special_token_texts,
 )
+from src.models.weights import model_identity
 from src.params import Params, TrainParams
 from src.preflight import require_models, require_paths
 from src.train.checkpoint import (
@@ -238,7 +239,7 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
     model = _setup_model(config, accelerator.device)
     run_fingerprint = fingerprint(
         code=__name__, params={k: v for k, v in run_config.items() if k not in EXECUTION_KNOBS},
-        model=model_digest(model),
+        model=model_identity(config.model_id),
         inputs={"train_file": file_digest(paths.train_file), "images": str(paths.image_root),
                 "processor": processor_digest(processor),
                 "processes": accelerator.num_processes})  # it sets the global batch

@@ -22,7 +22,6 @@ from src.data.shard_map import (
     digest,
     fingerprint,
     map_shards,
-    model_digest,
     processor_digest,
     remove_stale_shards,
 )
@@ -30,6 +29,7 @@ from src.data.skips import SkipCounter
 from src.data.tables import write_table
 from src.models.device_policy import detector_autocast_dtype, process_group, resolve_device
 from src.models.hub import load_pretrained
+from src.models.weights import model_identity
 from src.params import Params
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def _detect(params: Params, phrases_path: Path, coco_root: Path, shards_dir: Pat
     plan = plan_queries(pd.read_parquet(phrases_path), processor.tokenizer, max_text_len)
     image_dir = coco_root / find_image_dir(coco_root, [i.file_name for i in plan.images])
     run = fingerprint(code=__name__, params={"floor_score": params.detect.floor_score},
-                      model=model_digest(model),
+                      model=model_identity(params.detector_id),
                       inputs={"processor": processor_digest(processor), "images": str(image_dir)})
     items = [(i.image_id, digest([i.file_name, list(i.phrases)])) for i in plan.images]
 
