@@ -21,7 +21,7 @@ run keeps what it finished):
 
 Models are random-weight checkpoints of the published architectures (`--size real`, built
 on the device, LLaVA ~14 GB) or the tiny test models, built once into `--models-dir`;
-images are the synthetic demo set (src/data/synthetic_coco.py, 192-352 px) unless `--coco-root`
+images are the synthetic demo set (src/demo/synthetic_coco.py, 192-352 px) unless `--coco-root`
 names a COCO-2017 layout. Where one command may run only minutes, run the parts one by
 one (`--parts forward augment`, then `--parts train`, then `--parts eval`): they reuse
 the built models and add their rows to the same file, replacing only their own part's.
@@ -52,10 +52,10 @@ from bench.bench_train import bench_row, write_bench_data
 from bench.timing import median_seconds
 from src.data.atomic import atomic_write_json
 from src.data.coco import load_captions
+from src.demo.tiny import MODEL_NAMES
 from src.models.clip import embed_images, load_clip
 from src.models.hub import load_pretrained
 from src.models.llava import format_prompt, load_llava, load_processor
-from src.models.tiny import MODEL_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 PHRASES = "dog. frisbee. green grass. man. red shirt. tree. park bench. blue sky."

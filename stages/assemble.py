@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(args.params)
     # Imported once params are valid: the ML libraries take seconds to import.
-    from src.augment.steps.run_assemble import run_assemble
+    from src.augment.assemble import run_assemble
     run_assemble(params, args.captions, args.regions, args.coco_root, args.out, args.metrics,
                  args.plots_dir, args.instances)
 

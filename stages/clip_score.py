@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(args.params)
     # Imported once params are valid: the ML libraries take seconds to import.
-    from src.augment.steps.run_clip_score import run_clip_score
+    from src.augment.clip_score import run_clip_score
     run_clip_score(params, args.detections, args.coco_root, args.out, args.device)
 
 

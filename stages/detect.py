@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(args.params)
     # Imported once params are valid: the ML libraries take seconds to import.
-    from src.augment.steps.run_detect import run_detect
+    from src.augment.detect import run_detect
     run_detect(params, args.phrases, args.coco_root, args.shards_dir, args.out, args.device)
 
 

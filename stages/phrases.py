@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(args.params)
     # Imported once params are valid: the ML libraries take seconds to import.
-    from src.augment.steps.run_phrases import run_phrases
+    from src.augment.phrases import run_phrases
     run_phrases(params, args.captions, args.captions_out, args.phrases_out)
 
 

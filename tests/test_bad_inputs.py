@@ -18,8 +18,8 @@ from train_fixtures import write_demo_jsonl
 
 from src.augment import augment_gdino_clip
 from src.data.jsonl import read_examples
-from src.data.synthetic_coco import write_demo
 from src.data.tables import read_table
+from src.demo.synthetic_coco import write_demo
 from src.eval import evaluate_coco
 from src.train import finetune_llava
 from stages import evaluate as evaluate_stage

@@ -22,7 +22,7 @@ from train_fixtures import demo_paths, tiny_config, torch_threads, write_demo_js
 
 from src.data.coco import load_captions
 from src.data.images import load_rgb
-from src.data.synthetic_coco import write_demo
+from src.demo.synthetic_coco import write_demo
 from src.eval.captioner import load_captioner
 from src.eval.generate import CaptionSettings, caption_images
 from src.eval.metrics import score_captions

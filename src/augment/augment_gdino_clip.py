@@ -49,10 +49,10 @@ def main(argv: list[str] | None = None) -> None:
         "detector_id": args.detector_id, "clip_model_id": args.clip_model_id,
         "detect.batch_size": args.batch_size})
     # Imported once params are valid: the ML libraries take seconds to import.
-    from src.augment.steps.run_assemble import run_assemble
-    from src.augment.steps.run_clip_score import run_clip_score
-    from src.augment.steps.run_detect import run_detect
-    from src.augment.steps.run_phrases import run_phrases
+    from src.augment.assemble import run_assemble
+    from src.augment.clip_score import run_clip_score
+    from src.augment.detect import run_detect
+    from src.augment.phrases import run_phrases
     from src.preflight import require_models, require_paths
 
     captions_path = args.coco_root / "annotations" / f"captions_{args.split}2017.json"

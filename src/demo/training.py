@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from src.data.synthetic_coco import COLORS, SHAPES, SIZES, Scene, jpeg_bytes, random_scene
+from src.demo.synthetic_coco import COLORS, SHAPES, SIZES, Scene, jpeg_bytes, random_scene
 
 TRAIN_THREADS = 1  # results shift with the thread count: fix it. 2 threads on 2 busy cores
 # run the tiny models ~50x slower (threads wait on each other), 1 thread does not
