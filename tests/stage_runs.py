@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from stages import assemble, clip_score, detect, phrases
+from src.augment import assemble, clip_score, detect, phrases
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -178,7 +178,7 @@ def test_two_processes_give_the_rows_of_one(work: Path, demo_coco: Path,
     params = write_params(work / "ddp.yaml", tiny_models, **{"detect.shard_size": 3})
     out = work / "ddp.parquet"
     command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu",
-               "--num_processes", "2", "--main_process_port", "29517", "-m", "stages.detect",
+               "--num_processes", "2", "--main_process_port", "29517", "-m", "src.augment.detect",
                "--phrases", str(work / "phrases.parquet"), "--coco-root", str(demo_coco),
                "--shards-dir", str(work / "ddp_shards"), "--out", str(out),
                "--params", str(params), "--device", "cpu"]
