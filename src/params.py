@@ -98,7 +98,6 @@ class ClipScoreParams:
 @dataclass(frozen=True)
 class AssembleParams:
     nms_iou: float = _in(0, 1, " (1.0 disables NMS)")
-    full_prompt: str = _non_empty()
     region_prompt: str = _non_empty()
     region_format: str = _one_of("crop", "box")
     max_region_ratio: float = _at_least_zero()
@@ -129,6 +128,7 @@ class TrainParams:
     eval_every: int = _positive()
     save_every: int = _positive()
     log_every: int = _positive()
+    num_workers: int = _at_least_zero(" (0 = decode in the main process)")
 
 
 @dataclass(frozen=True)
@@ -137,10 +137,10 @@ class EvaluateParams:
     batch_size: int = _positive()
     max_new_tokens: int = _positive()
     num_beams: int = _positive(" (1 = greedy)")
-    prompt: str = _non_empty()
     baseline: bool
     meteor: bool
     gallery_images: int = _at_least_zero()
+    num_workers: int = _at_least_zero(" (0 = decode in the main process)")
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,7 @@ class Params:
     detector_id: str = _non_empty()
     clip_model_id: str = _non_empty()
     model_id: str = _non_empty()
+    caption_prompt: str = _non_empty()
     max_images: int = _at_least_zero(" (0 = all)")
     box_threshold: float = _in(0, 1)
     text_threshold: float = _in(0, 1)

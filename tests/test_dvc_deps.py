@@ -90,7 +90,7 @@ def test_a_removed_dep_is_found() -> None:
 
 
 def test_function_level_imports_are_followed() -> None:
-    files = project_files("stages.evaluate")
+    files = project_files("src.eval.evaluate_coco")
     assert REPO / "src/eval/run.py" in files  # imported inside main()
     assert REPO / "src/models/clip.py" in files  # indirectly
     assert not any(path.name == "__init__.py" for path in files - OUTPUT_NEUTRAL)  # empty

@@ -47,7 +47,7 @@ def run(params: Params, captions_path: Path, regions_path: Path, coco_root: Path
     config = AssembleConfig(
         box_threshold=params.box_threshold, text_threshold=params.text_threshold,
         clip_threshold=params.clip_threshold, nms_iou=settings.nms_iou,
-        full_prompt=settings.full_prompt, region_prompt=settings.region_prompt,
+        full_prompt=params.caption_prompt, region_prompt=settings.region_prompt,
         region_format=settings.region_format, max_region_ratio=settings.max_region_ratio,
         seed=params.seed)
 

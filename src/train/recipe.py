@@ -69,13 +69,12 @@ class FinetuneConfig(TrainParams):
     val_prompt: str  # the full-image prompt, for the validation captions
     skip_malformed: bool = False  # count and skip malformed JSONL lines instead of failing
     drop_bad_masks: bool = False  # count and drop examples whose mask check fails
-    num_workers: int = 2  # DataLoader workers decoding images
 
     @classmethod
     def from_params(cls, params: Params) -> FinetuneConfig:
         """The `train` section plus model_id, seed and the full-image prompt."""
         return cls(**asdict(params.train), model_id=params.model_id, seed=params.seed,
-                   val_prompt=params.assemble.full_prompt)
+                   val_prompt=params.caption_prompt)
 
 
 @dataclass(frozen=True)
