@@ -20,13 +20,13 @@ from src.augment.box_gallery import (
 from src.augment.training_examples import (
     AssembleConfig,
     assemble,
-    box_iou,
     box_text,
     cap_regions,
     cross_phrase_nms,
     passes_box_text,
     threshold_sweep,
 )
+from src.data.boxes import box_iou
 
 COLUMNS = ["name", "image_id", "phrase_index", "query_index", "box_x0", "box_y0", "box_x1",
            "box_y1", "box_score", "phrase_score", "clip_score"]

@@ -19,12 +19,12 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from transformers import ProcessorMixin
 
+from src.data.boxes import BOX_COLUMNS
 from src.data.images import ImageDataset, crop_box
 from src.data.skips import Skip
 from src.models.clip import image_pixels, paired_cosine_pixels
 
 PLACEHOLDER = "{phrase}"
-BOX_COLUMNS = ["box_x0", "box_y0", "box_x1", "box_y1"]
 
 
 def region_caption(template: str, phrase: str) -> str:

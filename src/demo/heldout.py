@@ -28,7 +28,7 @@ from src.augment.grounding import (
     iter_detections,
     plan_queries,
 )
-from src.augment.training_examples import box_iou
+from src.data.boxes import box_iou
 from src.data.coco import CocoInstance, load_captions, load_instances, resolve_image_path
 from src.data.images import crop_box, load_rgb
 from src.demo.train_clip import object_name

@@ -1,4 +1,4 @@
-"""The fine-tuning recipe shared by `stages/train.py` and `python -m src.train.finetune_llava`.
+"""The fine-tuning recipe of `python -m src.train.finetune_llava` (also the `train` stage).
 
 `finetune()` builds the parts in dependency order (data first: its token lengths size
 the batches and the schedule; then the model, optimizer and scheduler; accelerate
