@@ -21,6 +21,11 @@ import yaml
 FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
+# What a --device flag accepts; here, not in src/models/device_policy.py, so that a command
+# can offer them before it imports torch.
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
 class ParamsError(ValueError):
     """A params value that cannot be used: names the key, the value and why."""
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from src.data.atomic import atomic_write_text
-from src.params import load_params, override
+from src.params import DEVICE_CHOICES, load_params, override
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--detector-id")
     parser.add_argument("--clip-model-id")
     parser.add_argument("--batch-size", type=int, help="images per GroundingDINO forward")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 

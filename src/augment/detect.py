@@ -17,7 +17,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from src.params import Params, load_params
+from src.params import DEVICE_CHOICES, Params, load_params
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards-dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="detections.parquet")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     run(load_params(args.params), args.phrases, args.coco_root, args.shards_dir, args.out,
