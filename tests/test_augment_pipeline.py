@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from library_helpers import paired_cosine
 from stage_runs import phrase_subset, run_assemble, run_clip, run_detect, run_phrases, write_params
 from transformers import GroundingDinoForObjectDetection
 
@@ -24,7 +25,7 @@ from src.data.coco import resolve_image_path
 from src.data.images import crop_box, load_rgb
 from src.data.jsonl import read_examples
 from src.data.tables import read_table
-from src.models.clip import load_clip, paired_cosine
+from src.models.clip import load_clip
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_QUERIES = 30  # the tiny GroundingDINO's object queries
