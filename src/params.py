@@ -179,9 +179,19 @@ def _floor_below_thresholds(params: Params) -> str | None:
             "re-running the detector would")
 
 
+def _box_placeholder_matches_format(params: Params) -> str | None:
+    settings = params.assemble
+    if (settings.region_format == "box") == ("{box}" in settings.region_prompt):
+        return None
+    return ("must contain {box} exactly when assemble.region_format is 'box' (e.g. 'Describe "
+            "the region {box} in one short phrase.'), where the normalised [x0, y0, x1, y1] "
+            "box is written")
+
+
 # Constraints between fields: (the key named in the error, a check returning the reason).
 CROSS_RULES: tuple[tuple[str, Callable[[Params], str | None]], ...] = (
     ("detect.floor_score", _floor_below_thresholds),
+    ("assemble.region_prompt", _box_placeholder_matches_format),
 )
 
 

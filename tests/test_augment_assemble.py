@@ -159,14 +159,6 @@ def test_box_format_writes_the_box_into_the_prompt(regions: pd.DataFrame,
     assert region.prompt == "Describe the region [0.10, 0.00, 0.60, 0.25] in one short phrase."
 
 
-@pytest.mark.parametrize(("region_format", "prompt"), [
-    ("box", "Name it."), ("crop", "Name {box}."), ("boxes", "Name {box}.")])
-def test_inconsistent_region_settings_fail_at_start(config: AssembleConfig, region_format: str,
-                                                    prompt: str) -> None:
-    with pytest.raises(ValueError, match="region_"):
-        dataclasses.replace(config, region_format=region_format, region_prompt=prompt)
-
-
 def test_threshold_sweep_spans_the_scores(regions: pd.DataFrame) -> None:
     sweep = threshold_sweep(regions)  # clip scores 0.20 ... 0.90
     kept = dict(zip(sweep["clip_threshold"], sweep["regions_kept"], strict=True))

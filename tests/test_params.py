@@ -70,6 +70,17 @@ def test_invalid_value_names_key_value_and_reason(tmp_path: Path, key: str, valu
     assert str(error.value).startswith(f"{path}: {key}={value!r}: {reason}")
 
 
+@pytest.mark.parametrize(("region_format", "prompt"),
+                         [("box", "Name it."), ("crop", "Name {box}.")])
+def test_region_prompt_holds_box_exactly_for_box_format(tmp_path: Path, region_format: str,
+                                                        prompt: str) -> None:
+    path = _write(tmp_path, {"assemble.region_format": region_format,
+                             "assemble.region_prompt": prompt})
+    with pytest.raises(ParamsError, match=rf"{path}: assemble.region_prompt='Name.*must contain "
+                                          r"\{box\} exactly when"):
+        load_params(path)
+
+
 def test_floor_above_a_threshold_says_why(tmp_path: Path) -> None:
     with pytest.raises(ParamsError) as error:
         load_params(_write(tmp_path, {"detect.floor_score": 0.5, "box_threshold": 0.30}))

@@ -20,7 +20,6 @@ import pandas as pd
 from src.data.boxes import BOX_COLUMNS, box_iou
 from src.data.jsonl import Example
 
-REGION_FORMATS = ("crop", "box")
 BOX_PLACEHOLDER = "{box}"
 REGION_KEY = ["image_id", "phrase_index", "query_index"]  # one (box, phrase) candidate
 
@@ -36,17 +35,6 @@ class AssembleConfig:
     region_format: str  # crop: bbox set, the trainer crops; box: full image, box in the prompt
     max_region_ratio: float
     seed: int
-
-    def __post_init__(self) -> None:
-        if self.region_format not in REGION_FORMATS:
-            raise ValueError(f"assemble.region_format must be one of {REGION_FORMATS}, "
-                             f"got {self.region_format!r}")
-        has_box = BOX_PLACEHOLDER in self.region_prompt
-        if (self.region_format == "box") != has_box:
-            raise ValueError(
-                f"assemble.region_prompt {self.region_prompt!r} must contain {BOX_PLACEHOLDER} "
-                "exactly when region_format is 'box' (e.g. 'Describe the region {box} in one "
-                "short phrase.'), where the normalised [x0, y0, x1, y1] box is written")
 
 
 def passes_box_text(regions: pd.DataFrame, box_threshold: float,
