@@ -18,7 +18,6 @@ from accelerate import PartialState
 from src.params import DEVICE_CHOICES
 
 
-
 def resolve_device(choice: str = "auto") -> torch.device:
     """The torch device for a --device choice; "auto" takes CUDA when it is there."""
     if choice not in DEVICE_CHOICES:
