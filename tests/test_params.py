@@ -199,3 +199,15 @@ def test_demo_overrides_exist() -> None:
     overrides = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     assert set(overrides) <= set(flat_keys())
     assert override(load_params(REPO / "params.yaml"), overrides).profile == "demo"
+
+
+def test_one_caption_prompt_for_training_and_evaluation() -> None:
+    """`-S caption_prompt=…` changes the validation captions and evaluation alike."""
+    from src.eval.run import EvalConfig
+    from src.train.recipe import FinetuneConfig
+
+    params = override(load_params(REPO / "params.yaml"), {"caption_prompt": "Say what you see."})
+    evaluation = EvalConfig.from_params(params, adapter_dir=None, images_dir=Path("val2017"),
+                                        ann_path=Path("captions.json"))
+    assert FinetuneConfig.from_params(params).val_prompt == "Say what you see."
+    assert evaluation.caption.prompt == "Say what you see."
