@@ -29,12 +29,12 @@ test: lint
 demo: export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 demo: setup
 	name=demo-$$(date +%Y%m%d-%H%M%S) && \
-	$(PY) -m stages.overrides configs/demo.yaml | xargs -d '\n' $(DVC) exp run --temp -n $$name && \
-	$(PY) -m stages.report --exp $$name
+	$(PY) -m tools.overrides configs/demo.yaml | xargs -d '\n' $(DVC) exp run --temp -n $$name && \
+	$(PY) -m tools.report --exp $$name
 
 # A grid of clip_threshold values, one queued DVC experiment each (run one at a time in temp
 # copies; detect and clip_score come from the run-cache), then the compact table and the plot.
-# Queued only once the last queue worker has exited (stages/queue_idle.py says why).
+# Queued only once the last queue worker has exited (tools/queue_idle.py says why).
 #   make sweep                                       # the demo (run `make demo` first)
 #   make sweep PROFILE=coco GRID=0.22,0.26,0.30      # params.yaml as committed
 PROFILE ?= demo
@@ -44,12 +44,12 @@ GRID_coco := 0.22,0.26,0.30
 GRID ?= $(GRID_$(PROFILE))
 sweep: export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 sweep: setup
-	$(PY) -m stages.queue_idle
+	$(PY) -m tools.queue_idle
 	name=sweep-$$(date +%Y%m%d-%H%M%S) && \
-	$(PY) -m stages.overrides $(SWEEP_CONFIGS_$(PROFILE)) --set clip_threshold=$(GRID) \
+	$(PY) -m tools.overrides $(SWEEP_CONFIGS_$(PROFILE)) --set clip_threshold=$(GRID) \
 	    | xargs -d '\n' $(DVC) exp run --queue -n $$name && \
 	$(DVC) exp run --run-all -j 1 && \
-	$(PY) -m stages.report --prefix $$name- --plot plots/sweep/thresholds.csv
+	$(PY) -m tools.report --prefix $$name- --plot plots/sweep/thresholds.csv
 
 # Does grounded augmentation help captioning? The same LoRA run on full-image examples only
 # (assemble.max_region_ratio=0) and on full-image + region examples (1.0), same steps, same
@@ -58,12 +58,12 @@ sweep: setup
 #   make ablation PROFILE=coco
 ablation: export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 ablation: setup
-	$(PY) -m stages.queue_idle
+	$(PY) -m tools.queue_idle
 	name=ablation-$$(date +%Y%m%d-%H%M%S) && \
-	$(PY) -m stages.overrides $(SWEEP_CONFIGS_$(PROFILE)) --set assemble.max_region_ratio=0,1.0 \
+	$(PY) -m tools.overrides $(SWEEP_CONFIGS_$(PROFILE)) --set assemble.max_region_ratio=0,1.0 \
 	    | xargs -d '\n' $(DVC) exp run --queue -n $$name && \
 	$(DVC) exp run --run-all -j 1 && \
-	$(PY) -m stages.report --prefix $$name-
+	$(PY) -m tools.report --prefix $$name-
 
 # Every plot (training curves, threshold sweeps, galleries) as one offline HTML page.
 plots: setup
@@ -88,7 +88,7 @@ plots-template:
 # one CPU core; `make demo` only loads them.
 .PHONY: demo-models
 demo-models: setup
-	$(PY) -m src.models.demo_models --out assets/demo_models
+	$(PY) -m src.demo.weights --out assets/demo_models
 
 # The real run on data/coco with hub models (see README).
 repro: export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)

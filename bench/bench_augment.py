@@ -36,10 +36,10 @@ from src.augment.grounding import (
 from src.augment.layout import find_image_dir
 from src.augment.regions import crop_batches, crop_loader, drop_small_boxes, score_regions
 from src.data.shard_map import write_shard
+from src.demo.tiny import build_real_models, build_tiny_models
 from src.models.clip import load_clip, paired_cosine_pixels
 from src.models.device_policy import detector_autocast_dtype
 from src.models.hub import load_pretrained
-from src.models.tiny import build_real_models, build_tiny_models
 
 MODELS = ("grounding-dino", "clip")
 

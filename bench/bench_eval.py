@@ -27,9 +27,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.timing import median_seconds
-from src.data.synthetic_coco import caption_words
+from src.demo.synthetic_coco import caption_words
+from src.demo.tiny import build_tiny_models, real_config
 from src.eval.generate import CaptionSettings, build_inputs
-from src.models.tiny import build_tiny_models, real_config
 
 PROMPT = "Provide a one-sentence caption for the provided image."
 PROMPT_TEXT_TOKENS = 24  # ~ the LLaVA tokens of format_prompt(PROMPT) besides <image>

@@ -15,13 +15,13 @@ run keeps what it finished):
 - train: LoRA and QLoRA through the whole training recipe (bench/bench_train.py):
   tokens/s and peak GiB at batch 1, 4, 8 with activation checkpointing on (a row whose
   layers were not recomputed is refused), then the fastest of those batches with it off.
-- eval: the evaluate stage itself (`python -m stages.evaluate`, base model) on
+- eval: the evaluate stage itself (`python -m src.eval.evaluate_coco`, base model) on
   `--eval-images` val images: decoding, preprocessing, generation to max_new_tokens and
   the metrics, model load included.
 
 Models are random-weight checkpoints of the published architectures (`--size real`, built
 on the device, LLaVA ~14 GB) or the tiny test models, built once into `--models-dir`;
-images are the synthetic demo set (src/data/synthetic_coco.py, 192-352 px) unless `--coco-root`
+images are the synthetic demo set (src/demo/synthetic_coco.py, 192-352 px) unless `--coco-root`
 names a COCO-2017 layout. Where one command may run only minutes, run the parts one by
 one (`--parts forward augment`, then `--parts train`, then `--parts eval`): they reuse
 the built models and add their rows to the same file, replacing only their own part's.
@@ -52,10 +52,10 @@ from bench.bench_train import bench_row, write_bench_data
 from bench.timing import median_seconds
 from src.data.atomic import atomic_write_json
 from src.data.coco import load_captions
+from src.demo.tiny import MODEL_NAMES
 from src.models.clip import embed_images, load_clip
 from src.models.hub import load_pretrained
 from src.models.llava import format_prompt, load_llava, load_processor
-from src.models.tiny import MODEL_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 PHRASES = "dog. frisbee. green grass. man. red shirt. tree. park bench. blue sky."
@@ -183,18 +183,19 @@ def bench_training(llava: Path, coco: Path, train_file: Path, work: Path, real: 
 
 def bench_eval_stage(models: dict[str, Path], coco: Path, work: Path, num_images: int,
                      batch_size: int, num_workers: int, record: Callable[..., None]) -> None:
-    """`python -m stages.evaluate` with the base model, timed end to end."""
+    """`python -m src.eval.evaluate_coco` with the base model, timed end to end."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params.update(model_id=str(models["llava"]), clip_model_id=str(models["clip"]))
     params["evaluate"].update(num_examples=num_images, batch_size=batch_size, gallery_images=0)
     params_path = work / "eval-params.yaml"
     params_path.write_text(yaml.safe_dump(params))
     out = work / "eval"
-    command = [sys.executable, "-m", "stages.evaluate", "--images", str(coco / "val2017"),
+    command = [sys.executable, "-m", "src.eval.evaluate_coco", "--images", str(coco / "val2017"),
                "--ann", str(coco / "annotations" / "captions_val2017.json"),
-               "--metrics", str(out / "metrics.json"),
+               "--out", str(out / "metrics.json"),
                "--predictions", str(out / "predictions.json"),
-               "--per-image", str(out / "per_image.csv"), "--plots-dir", str(out / "plots"),
+               "--per-image", str(out / "per_image.csv"),
+               "--gallery", str(out / "plots" / "gallery.png"),
                "--params", str(params_path), "--num-workers", str(num_workers)]
     start = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True)

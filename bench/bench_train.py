@@ -33,8 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.data.jsonl import write_examples
-from src.data.synthetic_coco import write_demo
-from src.models.tiny import build_real_models, build_tiny_models
+from src.demo.synthetic_coco import write_demo
+from src.demo.tiny import build_real_models, build_tiny_models
 from src.params import load_params
 from src.train.data import validation_examples
 from src.train.recipe import FinetuneConfig, FinetunePaths, finetune

@@ -26,6 +26,11 @@ FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 SEED_LIMIT = 2**32
 
 
+# What a --device flag accepts; here, not in src/models/device_policy.py, so that a command
+# can offer them before it imports torch.
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
 class ParamsError(ValueError):
     """A params value that cannot be used: names the key, the value and why."""
 
@@ -103,7 +108,6 @@ class ClipScoreParams:
 @dataclass(frozen=True)
 class AssembleParams:
     nms_iou: float = _in(0, 1, " (1.0 disables NMS)")
-    full_prompt: str = _non_empty()
     region_prompt: str = _non_empty()
     region_format: str = _one_of("crop", "box")
     max_region_ratio: float = _at_least_zero()
@@ -134,6 +138,7 @@ class TrainParams:
     eval_every: int = _positive()
     save_every: int = _positive()
     log_every: int = _positive()
+    num_workers: int = _at_least_zero(" (0 = decode in the main process)")
 
 
 @dataclass(frozen=True)
@@ -142,10 +147,10 @@ class EvaluateParams:
     batch_size: int = _positive()
     max_new_tokens: int = _positive()
     num_beams: int = _positive(" (1 = greedy)")
-    prompt: str = _non_empty()
     baseline: bool
     meteor: bool
     gallery_images: int = _at_least_zero()
+    num_workers: int = _at_least_zero(" (0 = decode in the main process)")
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,7 @@ class Params:
     clip_model_id: str = _non_empty()
     model_id: str = _non_empty()
     weights: WeightsParams
+    caption_prompt: str = _non_empty()
     max_images: int = _at_least_zero(" (0 = all)")
     box_threshold: float = _in(0, 1)
     text_threshold: float = _in(0, 1)
@@ -189,9 +195,19 @@ def _floor_below_thresholds(params: Params) -> str | None:
             "re-running the detector would")
 
 
+def _box_placeholder_matches_format(params: Params) -> str | None:
+    settings = params.assemble
+    if (settings.region_format == "box") == ("{box}" in settings.region_prompt):
+        return None
+    return ("must contain {box} exactly when assemble.region_format is 'box' (e.g. 'Describe "
+            "the region {box} in one short phrase.'), where the normalised [x0, y0, x1, y1] "
+            "box is written")
+
+
 # Constraints between fields: (the key named in the error, a check returning the reason).
 CROSS_RULES: tuple[tuple[str, Callable[[Params], str | None]], ...] = (
     ("detect.floor_score", _floor_below_thresholds),
+    ("assemble.region_prompt", _box_placeholder_matches_format),
 )
 
 

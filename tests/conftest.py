@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from train_fixtures import torch_threads
 
-from src.data.synthetic_coco import write_demo
-from src.models.tiny import build_tiny_models
+from src.demo.synthetic_coco import write_demo
+from src.demo.tiny import build_tiny_models
+from src.models.device_policy import torch_threads
 
 REPO = Path(__file__).resolve().parents[1]
 COCO_MINI = REPO.parent / "shared" / "coco-mini"

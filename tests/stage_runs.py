@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from src import provenance
-from stages import assemble, clip_score, detect, phrases
+from src.augment import assemble, clip_score, detect, phrases
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,7 @@ def project_copy(dest: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of the project's code that the run fingerprints digest instead of the repo's:
     editing a file in it is a code change as the fingerprint sees it (what runs is still
     the repo's code)."""
-    for folder in ("src", "stages"):
+    for folder in ("src",):
         shutil.copytree(REPO / folder, dest / folder,
                         ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(provenance, "ROOT", dest)

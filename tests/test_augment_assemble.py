@@ -20,13 +20,13 @@ from src.augment.box_gallery import (
 from src.augment.training_examples import (
     AssembleConfig,
     assemble,
-    box_iou,
     box_text,
     cap_regions,
     cross_phrase_nms,
     passes_box_text,
     threshold_sweep,
 )
+from src.data.boxes import box_iou
 
 COLUMNS = ["name", "image_id", "phrase_index", "query_index", "box_x0", "box_y0", "box_x1",
            "box_y1", "box_score", "phrase_score", "clip_score"]
@@ -157,14 +157,6 @@ def test_box_format_writes_the_box_into_the_prompt(regions: pd.DataFrame,
     assert region.bbox is None
     assert region.image == "train2017/000000000001.jpg"
     assert region.prompt == "Describe the region [0.10, 0.00, 0.60, 0.25] in one short phrase."
-
-
-@pytest.mark.parametrize(("region_format", "prompt"), [
-    ("box", "Name it."), ("crop", "Name {box}."), ("boxes", "Name {box}.")])
-def test_inconsistent_region_settings_fail_at_start(config: AssembleConfig, region_format: str,
-                                                    prompt: str) -> None:
-    with pytest.raises(ValueError, match="region_"):
-        dataclasses.replace(config, region_format=region_format, region_prompt=prompt)
 
 
 def test_threshold_sweep_spans_the_scores(regions: pd.DataFrame) -> None:

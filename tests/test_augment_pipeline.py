@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from library_helpers import paired_cosine
 from stage_runs import phrase_subset, run_assemble, run_clip, run_detect, run_phrases, write_params
 from transformers import GroundingDinoForObjectDetection
 
@@ -24,7 +25,7 @@ from src.data.coco import resolve_image_path
 from src.data.images import crop_box, load_rgb
 from src.data.jsonl import read_examples
 from src.data.tables import read_table
-from src.models.clip import load_clip, paired_cosine
+from src.models.clip import load_clip
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_QUERIES = 30  # the tiny GroundingDINO's object queries
@@ -178,7 +179,7 @@ def test_two_processes_give_the_rows_of_one(work: Path, demo_coco: Path,
     params = write_params(work / "ddp.yaml", tiny_models, **{"detect.shard_size": 3})
     out = work / "ddp.parquet"
     command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu",
-               "--num_processes", "2", "--main_process_port", "29517", "-m", "stages.detect",
+               "--num_processes", "2", "--main_process_port", "29517", "-m", "src.augment.detect",
                "--phrases", str(work / "phrases.parquet"), "--coco-root", str(demo_coco),
                "--shards-dir", str(work / "ddp_shards"), "--out", str(out),
                "--params", str(params), "--device", "cpu"]

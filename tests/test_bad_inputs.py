@@ -19,12 +19,10 @@ from train_fixtures import write_demo_jsonl
 
 from src.augment import augment_gdino_clip
 from src.data.jsonl import read_examples
-from src.data.synthetic_coco import write_demo
 from src.data.tables import read_table
+from src.demo.synthetic_coco import write_demo
 from src.eval import evaluate_coco
 from src.train import finetune_llava
-from stages import evaluate as evaluate_stage
-from stages import train as train_stage
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -152,7 +150,7 @@ def test_stages_count_every_bad_image_and_use_every_good_one(bad_coco: dict, par
     # Train on every train image, bad ones included (one caption each, one epoch).
     jsonl = tmp_path / "all.jsonl"
     write_demo_jsonl(coco, jsonl, regions=False, captions_per_image=1)
-    train_stage.main([
+    finetune_llava.main([
         "--train-file", str(jsonl), "--image-root", str(coco),
         "--val-ann", str(coco / "annotations" / "captions_val2017.json"),
         "--val-images", str(coco / "val2017"), "--output-dir", str(tmp_path / "lora"),
@@ -163,12 +161,13 @@ def test_stages_count_every_bad_image_and_use_every_good_one(bad_coco: dict, par
     assert metrics["skipped"] == ONE_EACH and metrics["skipped_images"] == len(BAD_FILES)
     assert metrics["samples_trained"] == len(bad_coco["good_train"])
 
-    evaluate_stage.main([
-        "--adapter", str(tmp_path / "lora"), "--images", str(coco / "val2017"),
+    evaluate_coco.main([
+        "--model", str(tmp_path / "lora"), "--images", str(coco / "val2017"),
         "--ann", str(coco / "annotations" / "captions_val2017.json"),
-        "--metrics", str(tmp_path / "metrics.json"),
+        "--out", str(tmp_path / "metrics.json"),
         "--predictions", str(tmp_path / "predictions.json"),
-        "--per-image", str(tmp_path / "per_image.csv"), "--plots-dir", str(tmp_path / "plots"),
+        "--per-image", str(tmp_path / "per_image.csv"),
+        "--gallery", str(tmp_path / "plots" / "gallery.png"),
         "--num-workers", "0", "--params", str(params)])
     _assert_eval_metrics(json.loads((tmp_path / "metrics.json").read_text()),
                          tmp_path / "predictions.json", bad_coco)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from src.augment import phrases as phrases_stage
 from src.data.coco import load_captions, resolve_image_path
 from src.data.images import load_rgb
-from stages import phrases as phrases_stage
 
 
 def test_every_real_image_loads(coco_mini: Path) -> None:

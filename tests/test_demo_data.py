@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image
 from pycocotools.coco import COCO
 
-from src.data.synthetic_coco import COLORS, SHAPES, caption_words, write_demo
+from src.demo.synthetic_coco import COLORS, SHAPES, caption_words, write_demo
 
 
 def _digest(root: Path) -> str:

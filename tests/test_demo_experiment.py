@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.overrides import override_args
+from tools.overrides import override_args
 
 REPO = Path(__file__).resolve().parents[1]
 SMALLER = ["-S", "demo.num_train=40", "-S", "demo.num_val=12", "-S", "train.epochs=1"]
@@ -72,7 +72,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
 def test_demo_experiment_ends_with_the_compact_table(demo) -> None:
     repo, env, log = demo
     params_before = (REPO / "params.yaml").read_bytes()
-    table = _table(_run([sys.executable, "-m", "stages.report", "--exp", "demo-test"], repo,
+    table = _table(_run([sys.executable, "-m", "tools.report", "--exp", "demo-test"], repo,
                         env))
 
     assert (repo / "params.yaml").read_bytes() == params_before
@@ -91,7 +91,7 @@ def test_a_queued_threshold_sweep_reuses_detect_and_clip_score(demo) -> None:
           *override_args(repo / "configs" / "demo.yaml"), *SMALLER, *SWEEP,
           "-S", "clip_threshold=0.4,0.8"], repo, env)
     log = _run([sys.executable, "-m", "dvc", "exp", "run", "--run-all", "-j", "1"], repo, env)
-    report = _run([sys.executable, "-m", "stages.report", "--prefix", "sweep-test-",
+    report = _run([sys.executable, "-m", "tools.report", "--prefix", "sweep-test-",
                    "--plot", "plots/sweep/thresholds.csv"], repo, env)
 
     _upstream_not_run(log, experiments=2)

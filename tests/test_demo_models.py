@@ -15,13 +15,13 @@ from transformers import (
     AutoProcessor,
 )
 
-from src.data.synthetic_coco import write_demo
+from src.demo.heldout import clip_accuracy, detector_recall
+from src.demo.synthetic_coco import write_demo
+from src.demo.tiny import build_tiny_models
+from src.demo.train_clip import ClipRecipe
+from src.demo.train_detector import DetectorRecipe
+from src.demo.weights import WEIGHTS_DIR, train_model, trained_inits, weights_file
 from src.models.clip import load_clip
-from src.models.demo_eval import clip_accuracy, detector_recall
-from src.models.demo_models import WEIGHTS_DIR, train_model, trained_inits, weights_file
-from src.models.tiny import build_tiny_models
-from src.models.train_demo_clip import ClipRecipe
-from src.models.train_demo_detector import DetectorRecipe
 
 PAD_FRAC = 0.1  # params.yaml clip_score.crop_pad_frac
 SHORT = {"clip": ClipRecipe(steps=40, crops_per_step=32, warmup_steps=1),

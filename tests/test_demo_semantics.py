@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from stage_runs import REPO, run_assemble, run_clip, run_detect, run_phrases, write_params
-from train_fixtures import torch_threads
 
-from src.data.synthetic_coco import write_demo
 from src.data.tables import read_table, write_table
-from src.models.demo_models import trained_inits
-from src.models.tiny import build_tiny_models
-from stages.overrides import load_overrides
+from src.demo.synthetic_coco import write_demo
+from src.demo.tiny import build_tiny_models
+from src.demo.weights import trained_inits
+from src.models.device_policy import torch_threads
+from tools.overrides import load_overrides
 
 pytestmark = pytest.mark.slow
 

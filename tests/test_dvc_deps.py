@@ -48,7 +48,7 @@ def test_a_removed_dep_is_found() -> None:
 
 
 def test_function_level_imports_are_followed() -> None:
-    files = project_files("stages.evaluate")
+    files = project_files("src.eval.evaluate_coco")
     assert REPO / "src/eval/run.py" in files  # imported inside main()
     assert REPO / "src/models/clip.py" in files  # indirectly
     assert not any(path.name == "__init__.py" for path in files)  # empty
@@ -86,3 +86,12 @@ def test_committed_lock_matches_the_tracked_deps() -> None:
              if path != "params.yaml" and any(name == path or name.startswith(f"{path}/")
                                               for name in tracked)}
     assert not stale, f"dvc.lock is stale for {sorted(stale)}"
+
+
+@pytest.mark.parametrize("name", sorted(set(STAGES) - {"demo"}))
+def test_pipeline_stages_never_import_the_demo_package(name: str) -> None:
+    """The synthetic world sits above the pipeline: src/demo may import it, never the reverse."""
+    words = STAGES[name]["cmd"].split()
+    demo = REPO / "src" / "demo"
+    assert not [path for path in project_files(words[words.index("-m") + 1])
+                if demo in path.parents]

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from library_helpers import score_batch
 from PIL import Image
 
-from src.eval.clipscore import clip_s, ref_clip_s, score_batch
+from src.eval.clipscore import clip_s, ref_clip_s
 from src.models.clip import embed_images, embed_texts, load_clip
 
 

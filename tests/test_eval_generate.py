@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from library_helpers import caption_images
 from PIL import Image
 
 from src.data.images import ImageDataset
-from src.eval.generate import CaptionSettings, caption_images, caption_shards
+from src.eval.generate import CaptionSettings, caption_shards
 from src.models.llava import format_prompt, load_llava, load_processor
 
 PROMPTS = (

@@ -19,9 +19,9 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 from transformers import LlavaForConditionalGeneration
 
 from src.data.images import ImageDataset
+from src.eval import evaluate_coco
 from src.eval.metrics import java_on_path
 from src.eval.run import score
-from stages import evaluate as evaluate_stage
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_VAL = 8  # images in the demo_coco fixture's val split
@@ -39,13 +39,13 @@ def _params(tmp_path: Path, tiny_models: dict[str, Path], **evaluate: object) ->
 
 
 def _run(coco: Path, out: Path, params: Path, *extra: str) -> dict:
-    evaluate_stage.main([
+    evaluate_coco.main([
         "--images", str(coco / "val2017"),
         "--ann", str(coco / "annotations/captions_val2017.json"),
-        "--metrics", str(out / "metrics.json"),
+        "--out", str(out / "metrics.json"),
         "--predictions", str(out / "predictions.json"),
         "--per-image", str(out / "per_image.csv"),
-        "--plots-dir", str(out / "plots"),
+        "--gallery", str(out / "plots" / "gallery.png"),
         "--num-workers", "0",
         "--params", str(params),
         *extra,

@@ -9,9 +9,9 @@ import torch
 from transformers import AutoProcessor, GroundingDinoForObjectDetection
 from transformers.loss.loss_grounding_dino import GroundingDinoForObjectDetectionLoss
 
-from src.models.grounding_dino_loss import attach, decoder_loss, training_loss
-from src.models.tiny import tiny_grounding_dino_config
-from src.models.train_demo_detector import detector_batch
+from src.demo.grounding_dino_loss import attach, decoder_loss, training_loss
+from src.demo.tiny import tiny_grounding_dino_config
+from src.demo.train_detector import detector_batch
 
 TOKENS = 6
 

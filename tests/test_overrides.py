@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from stages.overrides import override_args
+from tools.overrides import override_args
 
 REPO = Path(__file__).resolve().parents[1]
 

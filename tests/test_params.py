@@ -91,6 +91,15 @@ def test_yaml_infinity_is_refused_and_seeds_reach_numpys_limit(tmp_path: Path) -
     train = with_train_seed(**dataclasses.asdict(params.train), seed=2**40)
     with pytest.raises(ParamsError, match=r"train\.seed=1099511627776: must be in"):
         validate(dataclasses.replace(params, train=train), "test")
+@pytest.mark.parametrize(("region_format", "prompt"),
+                         [("box", "Name it."), ("crop", "Name {box}.")])
+def test_region_prompt_holds_box_exactly_for_box_format(tmp_path: Path, region_format: str,
+                                                        prompt: str) -> None:
+    path = _write(tmp_path, {"assemble.region_format": region_format,
+                             "assemble.region_prompt": prompt})
+    with pytest.raises(ParamsError, match=rf"{path}: assemble.region_prompt='Name.*must contain "
+                                          r"\{box\} exactly when"):
+        load_params(path)
 
 
 def test_floor_above_a_threshold_says_why(tmp_path: Path) -> None:
@@ -228,3 +237,15 @@ def test_demo_overrides_exist() -> None:
     overrides = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     assert set(overrides) <= set(flat_keys())
     assert override(load_params(REPO / "params.yaml"), overrides).profile == "demo"
+
+
+def test_one_caption_prompt_for_training_and_evaluation() -> None:
+    """`-S caption_prompt=…` changes the validation captions and evaluation alike."""
+    from src.eval.run import EvalConfig
+    from src.train.recipe import FinetuneConfig
+
+    params = override(load_params(REPO / "params.yaml"), {"caption_prompt": "Say what you see."})
+    evaluation = EvalConfig.from_params(params, adapter_dir=None, images_dir=Path("val2017"),
+                                        ann_path=Path("captions.json"))
+    assert FinetuneConfig.from_params(params).val_prompt == "Say what you see."
+    assert evaluation.caption.prompt == "Say what you see."

@@ -40,9 +40,9 @@ def test_model_problem(tiny_models: dict[str, Path], tmp_path: Path) -> None:
 def _eval_config(demo_coco: Path, model_id: str, clip_model_id: str) -> EvalConfig:
     params = load_params(REPO / "params.yaml")
     config = EvalConfig.from_params(params, adapter_dir=None, images_dir=demo_coco / "val2017",
-                                    ann_path=demo_coco / "annotations/captions_val2017.json",
-                                    num_workers=0)
-    return EvalConfig(**{**vars(config), "model_id": model_id, "clip_model_id": clip_model_id})
+                                    ann_path=demo_coco / "annotations/captions_val2017.json")
+    return EvalConfig(**{**vars(config), "model_id": model_id, "clip_model_id": clip_model_id,
+                         "num_workers": 0})
 
 
 def test_evaluate_checks_java_and_models_before_captioning(

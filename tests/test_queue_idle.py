@@ -1,4 +1,4 @@
-"""`stages.queue_idle` waits for live DVC queue workers only: their dvc-task records say
+"""`tools.queue_idle` waits for live DVC queue workers only: their dvc-task records say
 running (`returncode` null) and their process exists."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.queue_idle import live_workers, wait_idle
+from tools.queue_idle import live_workers, wait_idle
 
 
 def _record(workers: Path, n: int, pid: int, returncode: int | None) -> None:

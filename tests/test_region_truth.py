@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from src.augment.assemble import main as assemble_main
 from src.augment.region_truth import match_truth, named_categories, truth_metrics, truth_sweep
 from src.data.coco import SchemaError, load_captions, load_instances
 from src.data.tables import write_table
-from stages.assemble import main as assemble_main
 
 REGION_COLUMNS = ["image_id", "phrase", "box_x0", "box_y0", "box_x1", "box_y1", "clip_score"]
 TRUTH = pd.DataFrame([  # image 1: a red circle and a blue square; image 2: two persons

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stages.report import experiments, plot_csv, render, select
+from tools.report import experiments, plot_csv, render, select
 
 
 def _rev(name: str, timestamp: str, threshold: float, cider: float, kept: int,

@@ -21,10 +21,8 @@ from transformers import (
     GroundingDinoForObjectDetection,
 )
 
-from src.data.synthetic_coco import caption_words
-from src.models.hub import load_pretrained
-from src.models.llava import quantization_config
-from src.models.tiny import (
+from src.demo.synthetic_coco import caption_words
+from src.demo.tiny import (
     MODEL_NAMES,
     PROMPTS,
     REAL_CONFIG_DIRS,
@@ -36,6 +34,8 @@ from src.models.tiny import (
     split_words,
     vocabulary_words,
 )
+from src.models.hub import load_pretrained
+from src.models.llava import quantization_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CAPTION_PROMPT = "USER: <image>\nProvide a one-sentence caption for the provided image. ASSISTANT:"
@@ -78,7 +78,7 @@ def test_every_checkpoint_is_complete(tiny_dir: Path) -> None:
 def test_rebuild_in_another_process_is_byte_identical(tiny_dir: Path, tmp_path: Path) -> None:
     # Another process and hash seed: set ordering or timestamps in any file would show.
     subprocess.run(
-        [sys.executable, "-m", "src.models.tiny", "--out", str(tmp_path), "--seed", "0"],
+        [sys.executable, "-m", "src.demo.tiny", "--out", str(tmp_path), "--seed", "0"],
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONHASHSEED": "1"},
         check=True,

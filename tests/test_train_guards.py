@@ -19,7 +19,6 @@ from src.data.jsonl import JsonlError
 from src.train import finetune_llava, loop, recipe
 from src.train.loop import NonFiniteError
 from src.train.outputs import MARKER_FILE, OutputDirError
-from stages import train as train_stage
 
 # One torch thread: deterministic, and far faster than two on a busy 2-core machine.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -83,9 +82,8 @@ def test_an_existing_folder_with_a_file_survives_output_dir(
         if command == "stage train":  # its knobs come from params only
             args = [*args[:args.index("--model-id")], "--params", str(params),
                     "--image-root", str(demo_coco), "--live-dir", str(tmp_path / "live")]
-        main = finetune_llava.main if command == "seed finetune" else train_stage.main
         with pytest.raises(OutputDirError, match=rf"--output-dir {output_dir} "):
-            main(args)
+            finetune_llava.main(args)
     assert sorted(p.name for p in models.iterdir()) == ["base", "notes.txt"]
     assert (models / "notes.txt").read_text() == "a month of work\n"
     assert not (tmp_path / "checkpoints").exists()

@@ -17,15 +17,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from library_helpers import caption_images
 from PIL import Image
-from train_fixtures import demo_paths, tiny_config, torch_threads, write_demo_jsonl
+from train_fixtures import demo_paths, tiny_config, write_demo_jsonl
 
 from src.data.coco import load_captions
 from src.data.images import load_rgb
-from src.data.synthetic_coco import write_demo
+from src.demo.synthetic_coco import write_demo
 from src.eval.captioner import load_captioner
-from src.eval.generate import CaptionSettings, caption_images
+from src.eval.generate import CaptionSettings
 from src.eval.metrics import score_captions
+from src.models.device_policy import torch_threads
 from src.train.recipe import finetune
 
 pytestmark = pytest.mark.slow

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from library_helpers import encode_example
 from PIL import Image
 
 from src.data.jsonl import Example
 from src.models.llava import IGNORE_INDEX, format_answer, format_prompt, load_processor
 from src.train.data import Collate, encode_examples
-from src.train.masking import MaskError, check_supervised, encode_example
+from src.train.masking import MaskError, check_supervised
 
 PROMPT = "Provide a one-sentence caption for the provided image."
 CAPTION = "A red circle on the left."

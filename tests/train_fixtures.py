@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-
-import torch
 
 from src.data.jsonl import Example, write_examples
 from src.params import load_params
@@ -61,15 +57,3 @@ def demo_paths(coco_root: Path, train_file: Path, out_dir: Path) -> FinetunePath
         val_images=coco_root / "val2017", output_dir=out_dir / "lora",
         checkpoint_dir=out_dir / "checkpoints", metrics=out_dir / "train.json",
         live_dir=out_dir / "live")
-
-
-@contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run with `count` intra-op threads. The tiny models are fastest on one, which also
-    keeps a busy machine from oversubscribing its cores; the old count is restored."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)

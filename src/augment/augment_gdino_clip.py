@@ -4,7 +4,7 @@
         --out data/processed/train.jsonl --max-images 500 --box-threshold 0.3 \
         --text-threshold 0.25 --clip-threshold 0.26 --device cuda
 
-It runs the DVC stages' own steps in order (`src.augment.steps`: phrases, detect,
+It runs the DVC stages' own steps in order (`src.augment`: phrases, detect,
 clip_score, assemble) on a work folder beside --out, so it cannot drift from `dvc repro`.
 Knobs not given here come from --params (params.yaml). A one-shot run serves no threshold
 sweep, so where --box-threshold or --text-threshold is under `detect.floor_score`, the
@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from src.data.atomic import atomic_write_text
-from src.params import Params, load_params, override
+from src.params import DEVICE_CHOICES, Params, load_params, override
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--detector-id")
     parser.add_argument("--clip-model-id")
     parser.add_argument("--batch-size", type=int, help="images per GroundingDINO forward")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -67,10 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         "detect.batch_size": args.batch_size,
         "detect.floor_score": _floor_for(defaults, args.box_threshold, args.text_threshold)})
     # Imported once params are valid: the ML libraries take seconds to import.
-    from src.augment.steps.run_assemble import run_assemble
-    from src.augment.steps.run_clip_score import run_clip_score
-    from src.augment.steps.run_detect import run_detect
-    from src.augment.steps.run_phrases import run_phrases
+    from src.augment import assemble, clip_score, detect, phrases
     from src.preflight import require_models, require_paths
 
     captions_path = args.coco_root / "annotations" / f"captions_{args.split}2017.json"
@@ -80,13 +77,13 @@ def main(argv: list[str] | None = None) -> None:
     atomic_write_text(work / "params.yaml",
                       yaml.safe_dump(dataclasses.asdict(params), sort_keys=False))
 
-    run_phrases(params, captions_path, work / "captions.parquet", work / "phrases.parquet")
-    run_detect(params, work / "phrases.parquet", args.coco_root, work / "detect_shards",
+    phrases.run(params, captions_path, work / "captions.parquet", work / "phrases.parquet")
+    detect.run(params, work / "phrases.parquet", args.coco_root, work / "detect_shards",
                work / "detections.parquet", args.device)
-    run_clip_score(params, work / "detections.parquet", args.coco_root,
+    clip_score.run(params, work / "detections.parquet", args.coco_root,
                    work / "regions.parquet", args.device)
     instances = args.coco_root / "annotations" / f"instances_{args.split}2017.json"
-    run_assemble(params, work / "captions.parquet", work / "regions.parquet", args.coco_root,
+    assemble.run(params, work / "captions.parquet", work / "regions.parquet", args.coco_root,
                  args.out, args.out.with_suffix(".stats.json"), work / "plots",
                  instances if instances.is_file() else None)
 

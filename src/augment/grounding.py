@@ -16,7 +16,7 @@ of one canvas, so the rows do not depend on batch size, shard size or process co
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -301,30 +301,15 @@ def detect_shards(model: torch.nn.Module, processor: ProcessorMixin,
                   images: Sequence[ImageQueries], shards: Sequence[Sequence[int]],
                   image_dir: Path, *, floor_score: float, batch_size: int, num_workers: int,
                   max_text_len: int, autocast_dtype: torch.dtype | None = None,
-                  on_skip: Callable[[Skip], None] | None = None,
-                  on_images: Callable[[int], None] | None = None,
                   ) -> Iterator[tuple[list[int], pd.DataFrame, SkipCounter]]:
     """Detect in `shards` (lists of image indices) with one DataLoader; yields each shard's
-    (indices, candidates, skips by image id) as soon as its last batch is done.
-
-    `on_skip(skip)` and `on_images(count)` report progress.
-    """
+    (indices, candidates, skips by image id) as soon as its last batch is done."""
     plan = shard_batches(shards, lambda shard: image_batches(images, shard, batch_size,
                                                              processor.image_processor))
     loader = detection_loader(images, [batch for _, batch in plan], image_dir, processor,
                               max_text_len, num_workers,
                               pin_memory=model.device.type == "cuda")
-
-    def reported(results: Iterator[BatchResult]) -> Iterator[BatchResult]:
-        for result in results:
-            for skip in result.skipped:
-                if on_skip:
-                    on_skip(skip)
-            if on_images:
-                on_images(len(result.image_indices))
-            yield result
-
-    results = reported(iter_detections(model, images, loader, floor_score, autocast_dtype))
+    results = iter_detections(model, images, loader, floor_score, autocast_dtype)
     with oom_advice("detect", f"lower detect.batch_size (now {batch_size}; the seed "
                     "command's --batch-size)"):
         for shard, done in by_shard(plan, results):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from src.augment.training_examples import BOX_COLUMNS, box_iou
+from src.data.boxes import BOX_COLUMNS, box_iou
 from src.data.coco import CocoInstance
 
 IOU_MATCH = 0.5

@@ -19,18 +19,17 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from transformers import ProcessorMixin
 
+from src.data.boxes import BOX_COLUMNS
 from src.data.images import ImageDataset, crop_box
 from src.data.skips import Skip
 from src.models.clip import image_pixels, paired_cosine_pixels
 from src.models.device_policy import oom_advice
 
 PLACEHOLDER = "{phrase}"
-BOX_COLUMNS = ["box_x0", "box_y0", "box_x1", "box_y1"]
 
 
 def region_caption(template: str, phrase: str) -> str:
-    if PLACEHOLDER not in template:
-        raise ValueError(f"caption_template {template!r} must contain {PLACEHOLDER}")
+    """The template (params.py checks it holds {phrase}) with the phrase filled in."""
     return template.replace(PLACEHOLDER, phrase)
 
 

@@ -18,11 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from src.data.boxes import BOX_COLUMNS, box_iou
 from src.data.jsonl import Example
 
-REGION_FORMATS = ("crop", "box")
 BOX_PLACEHOLDER = "{box}"
-BOX_COLUMNS = ["box_x0", "box_y0", "box_x1", "box_y1"]
 REGION_KEY = ["image_id", "phrase_index", "query_index"]  # one (box, phrase) candidate
 
 
@@ -38,33 +37,11 @@ class AssembleConfig:
     max_region_ratio: float
     seed: int
 
-    def __post_init__(self) -> None:
-        if self.region_format not in REGION_FORMATS:
-            raise ValueError(f"assemble.region_format must be one of {REGION_FORMATS}, "
-                             f"got {self.region_format!r}")
-        has_box = BOX_PLACEHOLDER in self.region_prompt
-        if (self.region_format == "box") != has_box:
-            raise ValueError(
-                f"assemble.region_prompt {self.region_prompt!r} must contain {BOX_PLACEHOLDER} "
-                "exactly when region_format is 'box' (e.g. 'Describe the region {box} in one "
-                "short phrase.'), where the normalised [x0, y0, x1, y1] box is written")
-
 
 def passes_box_text(regions: pd.DataFrame, box_threshold: float,
                     text_threshold: float) -> pd.DataFrame:
     keep = (regions["box_score"] >= box_threshold) & (regions["phrase_score"] >= text_threshold)
     return regions[keep].reset_index(drop=True)
-
-
-def box_iou(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """IoU of each xyxy row of `boxes` (n, 4) with each row of `others` (m, 4): (n, m)."""
-    top_left = np.maximum(boxes[:, None, :2], others[None, :, :2])
-    bottom_right = np.minimum(boxes[:, None, 2:], others[None, :, 2:])
-    inter = np.clip(bottom_right - top_left, 0, None).prod(axis=2)
-    areas = (boxes[:, 2:] - boxes[:, :2]).prod(axis=1)
-    other_areas = (others[:, 2:] - others[:, :2]).prod(axis=1)
-    union = areas[:, None] + other_areas[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def cross_phrase_nms(regions: pd.DataFrame, iou_threshold: float) -> pd.DataFrame:

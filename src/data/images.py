@@ -112,8 +112,9 @@ def crop_box(image: Image.Image, box_xyxy: tuple[float, float, float, float],
     pad_x, pad_y = (x1 - x0) * pad_frac, (y1 - y0) * pad_frac
     left = max(0, int(x0 - pad_x))
     top = max(0, int(y0 - pad_y))
-    right = min(image.width, int(round(x1 + pad_x)))
-    bottom = min(image.height, int(round(y1 + pad_y)))
+    # int(): round() of a numpy float is a numpy float
+    right = min(image.width, int(round(x1 + pad_x)))  # noqa: RUF046
+    bottom = min(image.height, int(round(y1 + pad_y)))  # noqa: RUF046
     if right <= left or bottom <= top:
         raise ValueError(f"box {box_xyxy} has no area inside a {image.width}x{image.height} image")
     return image.crop((left, top, right, bottom))

@@ -68,8 +68,8 @@ def normalise_chunk(chunk: Span, max_words: int) -> tuple[str, int, int] | None:
     if chunk.root.pos_ == "PRON" or chunk.root.lower_ in NON_OBJECT_HEADS:
         return None
     tokens = list(chunk)
-    while tokens and (tokens[0].pos_ in STRIP_LEADING_POS or tokens[0].is_stop and
-                      tokens[0].pos_ not in ("NOUN", "PROPN", "ADJ", "NUM")):
+    while tokens and (tokens[0].pos_ in STRIP_LEADING_POS or (tokens[0].is_stop and
+                      tokens[0].pos_ not in ("NOUN", "PROPN", "ADJ", "NUM"))):
         tokens.pop(0)
     while tokens and tokens[-1].is_punct:
         tokens.pop()

@@ -73,12 +73,6 @@ def score_pixels(model: CLIPModel, processor: ProcessorMixin, pixel_values: torc
     return ClipScores(clip.tolist(), ref_clip.tolist())
 
 
-def score_batch(model: CLIPModel, processor: ProcessorMixin, images: Sequence[Image.Image],
-                candidates: Sequence[str], references: Sequence[Sequence[str]]) -> ClipScores:
-    """CLIP-S and RefCLIP-S of one batch of (image, candidate caption, reference captions)."""
-    return score_pixels(model, processor, image_pixels(processor, images), candidates, references)
-
-
 class _Collate:
     """Runs in the DataLoader workers: CLIP preprocessing of the images that loaded."""
 

@@ -4,9 +4,12 @@
         --ann data/coco/annotations/captions_val2017.json --num-examples 500 --batch-size 8
     torchrun --nproc_per_node 4 -m src.eval.evaluate_coco ...   # data-parallel, same output
 
-Without `--model` it scores the zero-shot base model. Knobs not given on the command line
-default from params.yaml (`evaluate`, `model_id`, `clip_model_id`, `seed`). Same library
-code as the `evaluate` stage; a killed run resumes where it stopped.
+The seed's command and the DVC `evaluate` / `evaluate_base` stages alike (dvc.yaml gives
+the paths). With `--model` it scores the fine-tuned model (LoRA merged into the base);
+without, the zero-shot base model, or, when evaluate.baseline is false, writes a "disabled"
+stub and empty outputs at once. Knobs not given on the command line default from
+params.yaml (`evaluate`, `caption_prompt`, `model_id`, `clip_model_id`, `seed`). A killed
+run resumes from its finished caption shards.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ import logging
 from pathlib import Path
 
 from src.params import load_params, override
+
+logger = logging.getLogger(__name__)
+DISABLED = {"baseline": "disabled"}  # what `dvc metrics show` lists for a skipped baseline
 
 LABELS = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
           "meteor": "METEOR", "rougeL": "ROUGE-L", "cider": "CIDEr",
@@ -45,11 +51,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-new-tokens", type=int)
     parser.add_argument("--num-beams", type=int)
-    parser.add_argument("--prompt")
+    parser.add_argument("--prompt", help="[params: caption_prompt]")
     parser.add_argument("--meteor", action=argparse.BooleanOptionalAction)
     parser.add_argument("--gallery-images", type=int)
     parser.add_argument("--seed", type=int, help="image subset [params: seed]")
-    parser.add_argument("--num-workers", type=int, default=2, help="image-decoding workers")
+    parser.add_argument("--num-workers", type=int,
+                        help="image-decoding workers [params: evaluate.num_workers]")
     parser.add_argument("--out", type=Path, default=Path("metrics/eval_coco.json"),
                         help="metrics JSON")
     parser.add_argument("--predictions", type=Path,
@@ -62,24 +69,31 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = override(load_params(args.params), {
         "model_id": args.model_id, "clip_model_id": args.clip_model_id, "seed": args.seed,
+        "caption_prompt": args.prompt,
         **{f"evaluate.{name}": getattr(args, name) for name in (
-            "num_examples", "batch_size", "max_new_tokens", "num_beams", "prompt", "meteor",
-            "gallery_images")}})
+            "num_examples", "batch_size", "max_new_tokens", "num_beams", "meteor",
+            "gallery_images", "num_workers")}})
     # Imported once params are valid: the ML libraries take seconds to import.
     import torch
 
-    from src.eval.run import EvalConfig, EvalOutputs, evaluate, summary
+    from src.eval.run import EvalConfig, EvalOutputs, evaluate, summary, write_outputs
     from src.models.device_policy import process_group, resolve_device
+
+    outputs = EvalOutputs(metrics=args.out, predictions=args.predictions,
+                          per_image=args.per_image, gallery=args.gallery)
+    if args.model is None and not params.evaluate.baseline:
+        write_outputs(outputs, DISABLED, {}, [], [],
+                      notice="baseline disabled (evaluate.baseline=false)")
+        logger.info("evaluate.baseline is false: wrote a disabled stub to %s", args.out)
+        return
 
     torch.manual_seed(params.seed)
     config = EvalConfig.from_params(params, adapter_dir=args.model, images_dir=args.images,
-                                    ann_path=args.ann, num_workers=args.num_workers)
-    outputs = EvalOutputs(metrics=args.out, predictions=args.predictions,
-                          per_image=args.per_image, gallery=args.gallery)
+                                    ann_path=args.ann)
     with process_group(resolve_device()) as state:
         metrics = evaluate(config, outputs, state)
     if metrics is not None:
-        logging.getLogger(__name__).info(summary(metrics))
+        logger.info("%s: %s", "fine-tuned" if args.model else "base", summary(metrics))
         print(format_table(metrics))
 
 

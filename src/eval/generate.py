@@ -94,13 +94,6 @@ def caption_inputs(model: PreTrainedModel, processor: ProcessorMixin, inputs: Ba
     return [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
-def caption_images(model: PreTrainedModel, processor: ProcessorMixin,
-                   images: Sequence[Image.Image], prompts: Sequence[str],
-                   settings: CaptionSettings) -> list[str]:
-    """One caption per (image, prompt); prompts may differ in length (left padding)."""
-    return caption_inputs(model, processor, build_inputs(processor, images, prompts), settings)
-
-
 def caption_shards(model: PreTrainedModel, processor: ProcessorMixin, images: ImageDataset,
                    shards: Sequence[Sequence[int]], settings: CaptionSettings, *,
                    batch_size: int, num_workers: int, progress: bool = True,

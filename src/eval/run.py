@@ -61,14 +61,15 @@ class EvalConfig:
 
     @classmethod
     def from_params(cls, params: Params, *, adapter_dir: Path | None, images_dir: Path,
-                    ann_path: Path, num_workers: int) -> EvalConfig:
+                    ann_path: Path) -> EvalConfig:
         """The `evaluate` knobs, model ids and seed of params.yaml, for these files."""
         knobs = params.evaluate
         return cls(model_id=params.model_id, adapter_dir=adapter_dir,
                    clip_model_id=params.clip_model_id, images_dir=images_dir, ann_path=ann_path,
                    num_examples=knobs.num_examples, seed=params.seed,
-                   caption=CaptionSettings(knobs.prompt, knobs.max_new_tokens, knobs.num_beams),
-                   batch_size=knobs.batch_size, num_workers=num_workers, meteor=knobs.meteor,
+                   caption=CaptionSettings(params.caption_prompt, knobs.max_new_tokens,
+                                           knobs.num_beams),
+                   batch_size=knobs.batch_size, num_workers=knobs.num_workers, meteor=knobs.meteor,
                    gallery_images=knobs.gallery_images,
                    pad_to_square=params.train.pad_to_square)
 

@@ -55,17 +55,11 @@ def embed_texts(model: CLIPModel, processor: ProcessorMixin, texts: Sequence[str
     return torch.nn.functional.normalize(out.pooler_output.float(), dim=-1)
 
 
-def paired_cosine(
-    model: CLIPModel, processor: ProcessorMixin, images: Sequence[Image.Image], texts: Sequence[str]
-) -> torch.Tensor:
-    """cos(image_i, text_i) for each pair, as a CPU float32 tensor of shape (n,)."""
-    return paired_cosine_pixels(model, processor, image_pixels(processor, images), texts)
-
-
 def paired_cosine_pixels(
     model: CLIPModel, processor: ProcessorMixin, pixel_values: torch.Tensor, texts: Sequence[str]
 ) -> torch.Tensor:
-    """paired_cosine for images already preprocessed with `image_pixels`."""
+    """cos(image_i, text_i) for each pair of images preprocessed with `image_pixels` and
+    texts, as a CPU float32 tensor of shape (n,)."""
     if len(pixel_values) != len(texts):
         raise ValueError(f"{len(pixel_values)} images but {len(texts)} texts")
     image_emb = embed_pixels(model, pixel_values)

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import torch
 from accelerate import PartialState
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")  # what a --device flag accepts
+from src.params import DEVICE_CHOICES
 
 
 def resolve_device(choice: str = "auto") -> torch.device:
@@ -54,6 +54,19 @@ def process_group(device: torch.device) -> Iterator[PartialState]:
         yield state
     finally:
         state.destroy_process_group()
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with `count` intra-op threads, the old count restored after. Results
+    shift with the thread count, and oversubscribed threads spin-wait: a busy CPU runs
+    the tiny models tens of times slower on 2 threads than on 1."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def llava_dtype(device: torch.device, *, load_in_4bit: bool = False) -> torch.dtype:

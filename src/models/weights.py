@@ -64,7 +64,7 @@ def directory_digest(path: Path) -> str:
     with _DigestCache() as cache:
         for file in files:
             hasher.update(f"{file.relative_to(path).as_posix()}\0{cache.digest(file)}\n"
-                          .encode("utf-8"))
+                          .encode())
     return hasher.hexdigest()
 
 

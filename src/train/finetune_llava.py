@@ -1,14 +1,14 @@
-"""Fine-tune LLaVA-1.5 with LoRA (or QLoRA) on a captions JSONL: the seed's command.
+"""Fine-tune LLaVA-1.5 with LoRA (or QLoRA) on a captions JSONL; resumes after a kill.
 
     python -m src.train.finetune_llava --train-file data/processed/train.jsonl \\
         --val-ann data/coco/annotations/captions_val2017.json --val-images data/coco/val2017 \\
         --output-dir models/lora --model-id llava-hf/llava-1.5-7b-hf \\
         --epochs 1 --bsz 1 --grad-accum 16 --lr 1e-4 --image-size 336 [--load-in-4bit]
 
-Several GPUs: `accelerate launch --num_processes N -m src.train.finetune_llava ...`.
+The seed's command and the DVC `train` stage alike (`dvc repro train` gives the paths of
+dvc.yaml). Several GPUs: `accelerate launch --num_processes N -m src.train.finetune_llava ...`.
 Every knob not given on the command line comes from params.yaml (`train`, `model_id`,
-`seed`, `assemble.full_prompt` for the validation prompt); `dvc repro train` runs the
-same recipe through `stages/train.py`.
+`seed`, `caption_prompt` for the validation captions).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 # keep the params.yaml value.
 VALUE_FLAGS = ("model_id", "seed", *(f"train.{name}" for name in (
     "epochs", "max_steps", "bsz", "grad_accum", "lr", "image_size", "lora_r", "lora_alpha",
-    "lora_dropout", "lora_target", "max_length")))
+    "lora_dropout", "lora_target", "max_length", "num_workers")))
 SWITCH_FLAGS = {"train.load_in_4bit": "QLoRA: nf4 base weights",
                 "train.train_projector": "also train the multimodal projector"}
 
@@ -55,12 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.add_argument(f"--{_dest(key).replace('_', '-')}", action="store_true",
                             default=None, help=help_text)
     parser.add_argument("--skip-malformed", action="store_true",
-                        help="count and skip malformed JSONL lines")
+                        help="count and skip malformed JSONL lines instead of failing")
     parser.add_argument("--drop-bad-masks", action="store_true",
-                        help="count and drop examples failing the mask check")
+                        help="count and drop examples failing the mask check instead of failing")
     parser.add_argument("--pad-to-square", action=argparse.BooleanOptionalAction, default=None,
                         help="pad images to a square before resizing, as LLaVA-1.5 trained")
-    parser.add_argument("--num-workers", type=int, default=2, help="image-decoding workers")
     return parser.parse_args(argv)
 
 
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
 
     config = dataclasses.replace(FinetuneConfig.from_params(params),
                                  skip_malformed=args.skip_malformed,
-                                 drop_bad_masks=args.drop_bad_masks, num_workers=args.num_workers)
+                                 drop_bad_masks=args.drop_bad_masks)
     paths = FinetunePaths(
         train_file=args.train_file,
         image_root=args.image_root or args.val_images.parent,
@@ -89,8 +88,12 @@ def main(argv: list[str] | None = None) -> None:
         live_dir=args.live_dir,
     )
     metrics = finetune(config, paths)
-    logger.info("trained %d steps: loss %.4f, val loss %.4f -> %s", metrics["steps"],
-                metrics["loss"], metrics["val_loss"], args.output_dir)
+    throughput = metrics["tokens_per_second"]  # None: resumed at the final step, trained nothing
+    logger.info("trained %d steps on %d examples: loss %.4f, val loss %.4f, %s; skipped %s "
+                "-> %s", metrics["steps"], metrics["examples"], metrics["loss"],
+                metrics["val_loss"],
+                "no new steps" if throughput is None else f"{throughput:.0f} tokens/s",
+                metrics["skipped"] or "none", args.output_dir)
 
 
 if __name__ == "__main__":

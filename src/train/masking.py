@@ -106,13 +106,3 @@ def _mask(tokenizer: PreTrainedTokenizerBase, prompt_ids: list[int], full_ids: l
                                             f"{max_length}")
     labels = [IGNORE_INDEX] * boundary + answer_ids
     return EncodedText(full_ids[:max_length], labels[:max_length])
-
-
-def encode_example(tokenizer: PreTrainedTokenizerBase, prompt: str, caption: str, *,
-                   image_token: str, num_image_tokens: int, max_length: int) -> EncodedText:
-    """`encode_batch` for one pair; raises its MaskError."""
-    (encoded,) = encode_batch(tokenizer, [(prompt, caption)], image_token=image_token,
-                              num_image_tokens=num_image_tokens, max_length=max_length)
-    if isinstance(encoded, MaskError):
-        raise encoded
-    return encoded

@@ -1,4 +1,4 @@
-"""The fine-tuning recipe shared by `stages/train.py` and `python -m src.train.finetune_llava`.
+"""The fine-tuning recipe of `python -m src.train.finetune_llava` (also the `train` stage).
 
 `finetune()` builds the parts in dependency order (data first: its token lengths size
 the batches and the schedule; then the model, optimizer and scheduler; accelerate
@@ -72,13 +72,12 @@ class FinetuneConfig(TrainParams):
     val_prompt: str  # the full-image prompt, for the validation captions
     skip_malformed: bool = False  # count and skip malformed JSONL lines instead of failing
     drop_bad_masks: bool = False  # count and drop examples whose mask check fails
-    num_workers: int = 2  # DataLoader workers decoding images
 
     @classmethod
     def from_params(cls, params: Params) -> FinetuneConfig:
         """The `train` section plus model_id, seed and the full-image prompt."""
         return cls(**asdict(params.train), model_id=params.model_id, seed=params.seed,
-                   val_prompt=params.assemble.full_prompt)
+                   val_prompt=params.caption_prompt)
 
 
 @dataclass(frozen=True)

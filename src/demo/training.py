@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from src.data.synthetic_coco import COLORS, SHAPES, SIZES, Scene, jpeg_bytes, random_scene
+from src.demo.synthetic_coco import COLORS, SHAPES, SIZES, Scene, jpeg_bytes, random_scene
+from src.models.device_policy import torch_threads
 
 TRAIN_THREADS = 1  # results shift with the thread count: fix it. 2 threads on 2 busy cores
 # run the tiny models ~50x slower (threads wait on each other), 1 thread does not
@@ -29,13 +30,9 @@ PHRASES = tuple(f"{size} {color} {kind}" for size in SIZES for color in COLORS f
 @contextmanager
 def reproducible(seed: int, threads: int = TRAIN_THREADS) -> Iterator[None]:
     """Fixed threads and a seeded torch generator for the block; the old thread count after."""
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    try:
+    with torch_threads(threads):
+        torch.manual_seed(seed)
         yield
-    finally:
-        torch.set_num_threads(old_threads)
 
 
 def as_stored(scene: Scene) -> Scene:

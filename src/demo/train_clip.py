@@ -19,8 +19,8 @@ from PIL import Image
 from transformers import CLIPModel, ProcessorMixin
 
 from src.data.images import crop_box
+from src.demo.training import PHRASES, OptimRecipe, fit, stored_scenes
 from src.models.clip import image_pixels
-from src.models.demo_training import PHRASES, OptimRecipe, fit, stored_scenes
 
 
 @dataclass(frozen=True)

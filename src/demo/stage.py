@@ -1,6 +1,6 @@
 """Stage `demo`: the offline world of `make demo` — synthetic COCO plus tiny local models.
 
-The models are the tiny checkpoints of src/models/tiny.py carrying the trained weights
+The models are the tiny checkpoints of src/demo/tiny.py carrying the trained weights
 committed under assets/demo_models (`make demo-models` retrains them), checked on the
 held-out val split: metrics/demo_models.json.
 
@@ -31,13 +31,13 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
     from src.data.atomic import atomic_write_json
-    from src.data.synthetic_coco import write_demo
+    from src.demo.heldout import clip_accuracy, detector_recall
+    from src.demo.synthetic_coco import write_demo
+    from src.demo.tiny import build_tiny_models
+    from src.demo.training import reproducible
+    from src.demo.weights import trained_inits
     from src.models.clip import load_clip
-    from src.models.demo_eval import clip_accuracy, detector_recall
-    from src.models.demo_models import trained_inits
-    from src.models.demo_training import reproducible
     from src.models.hub import load_pretrained
-    from src.models.tiny import build_tiny_models
 
     shutil.rmtree(args.out, ignore_errors=True)
     write_demo(args.out, params.demo.num_train, params.demo.num_val, params.seed)

@@ -6,7 +6,7 @@ worker that exits can take a just-queued experiment with it: the task stays `Run
 `dvc queue status` with no worker, and `--run-all` waits for it for ever (observed with DVC
 3.67; treeverse/dvc#8165, #10562). `make sweep` and `make ablation` call this before queueing.
 
-    python -m stages.queue_idle [--timeout 120]
+    python -m tools.queue_idle [--timeout 120]
 
 Reads the workers' process records (`.dvc/tmp/exps/celery/dvc-exp-worker-*.json`, written by
 dvc-task: `returncode` is null while the worker runs).

@@ -120,5 +120,6 @@ def training_loss(model: GroundingDinoForObjectDetection, inputs: dict[str, torc
     outputs = model(**inputs, labels=labels)
     encoder, encoder_parts = encoder_topk_loss(outputs, labels, inputs["input_ids"],
                                                inputs["attention_mask"], model.config)
-    parts = {key: float(value.detach()) for key, value in {**outputs.loss_dict, **encoder_parts}.items()}
+    parts = {key: float(value.detach())
+             for key, value in {**outputs.loss_dict, **encoder_parts}.items()}
     return outputs.loss + encoder, parts

@@ -1,9 +1,9 @@
 """Print experiments side by side: the params that differ and the headline metrics, with the
 zero-shot base on the side; optionally write CIDEr and regions kept by threshold as a DVC plot.
 
-    python -m stages.report                         # the newest experiment
-    python -m stages.report --exp demo-20261126-120000
-    python -m stages.report --prefix sweep-20261126-120000 --plot plots/sweep/thresholds.csv
+    python -m tools.report                         # the newest experiment
+    python -m tools.report --exp demo-20261126-120000
+    python -m tools.report --prefix sweep-20261126-120000 --plot plots/sweep/thresholds.csv
 
 `dvc exp show --only-changed --keep ...` alone is not enough: its CSV/table names the
 fine-tuned and the base metrics alike (both `cider`), and its JSON ignores those options.

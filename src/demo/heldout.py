@@ -21,7 +21,6 @@ import pandas as pd
 import torch
 from transformers import CLIPModel, GroundingDinoForObjectDetection, ProcessorMixin
 
-from src.augment.training_examples import box_iou
 from src.augment.grounding import (
     detection_loader,
     detections_frame,
@@ -29,11 +28,12 @@ from src.augment.grounding import (
     iter_detections,
     plan_queries,
 )
+from src.data.boxes import box_iou
 from src.data.coco import CocoInstance, load_captions, load_instances, resolve_image_path
 from src.data.images import crop_box, load_rgb
+from src.demo.train_clip import object_name
+from src.demo.training import PHRASES
 from src.models.clip import embed_images, embed_texts
-from src.models.demo_training import PHRASES
-from src.models.train_demo_clip import object_name
 
 IOU_MATCH = 0.5
 CLIP_CANDIDATES = 10  # the shape's own phrase and 9 distractors

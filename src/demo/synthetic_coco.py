@@ -4,7 +4,7 @@ Each image holds 1-3 coloured shapes on a varied background; five captions
 per image name the shapes with their colour, size and place, so a small
 captioner can only score well by looking at the pixels.
 
-    python -m src.data.synthetic_coco --out data/demo/coco --num-train 400 --num-val 100 --seed 0
+    python -m src.demo.synthetic_coco --out data/demo/coco --num-train 400 --num-val 100 --seed 0
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ load with the very code the pipeline uses for hub ids, on a machine without the 
 hand-written word-level vocabularies (one token per demo word), and a rebuild gives
 byte-identical files, so DVC can cache the checkpoints.
 
-    python -m src.models.tiny --out models/tiny --size tiny --seed 0
-    python -m src.models.tiny --out models/real --size real --device cuda  # GPU benchmarks
+    python -m src.demo.tiny --out models/tiny --size tiny --seed 0
+    python -m src.demo.tiny --out models/real --size real --device cuda  # GPU benchmarks
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from transformers import (
 )
 from transformers.image_processing_utils import BaseImageProcessor
 
-from src.data.synthetic_coco import caption_words
+from src.demo.synthetic_coco import caption_words
 
 logger = logging.getLogger(__name__)
 
@@ -430,7 +430,7 @@ def build_tiny_models(
     inits: Mapping[str, Callable[[PreTrainedModel], None]] | None = None,
 ) -> dict[str, Path]:
     """CPU-fast checkpoints for the demo profile and the tests: `out_dir/<name>`; `inits`
-    (by model name) load trained weights into the random ones (src/models/demo_models.py)."""
+    (by model name) load trained weights into the random ones (src/demo/weights.py)."""
     inits = inits or {}
     return {
         name: build_checkpoint(out_dir / name, *_tiny_spec(name), seed, init=inits.get(name))

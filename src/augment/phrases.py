@@ -1,29 +1,33 @@
 """Step `phrases`: choose the train images and extract their groundable noun phrases.
 
-The DVC stage (`stages/phrases.py`) and the seed command (`python -m
-src.augment.augment_gdino_clip`) both call it, so they cannot drift apart; one module
-per step, so that editing one step re-runs only its own DVC stage.
+    dvc repro phrases   # python -m src.augment.phrases --captions ... (dvc.yaml)
+
+The DVC stage runs `main`; the seed command (`python -m src.augment.augment_gdino_clip`)
+calls `run`, so they cannot drift apart. One module per step, so that editing one step
+re-runs only its own DVC stage.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
 
-import pandas as pd
-from tqdm import tqdm
-
-from src.data.atomic import atomic_path
-from src.data.coco import load_captions, select_images
-from src.data.noun_phrases import extract_phrases, load_spacy, select_phrases
-from src.params import Params
+from src.params import Params, load_params
 
 logger = logging.getLogger(__name__)
 
 
-def run_phrases(params: Params, captions_path: Path, captions_out: Path,
-                phrases_out: Path) -> None:
+def run(params: Params, captions_path: Path, captions_out: Path, phrases_out: Path) -> None:
     """Choose the train images and extract their groundable noun phrases."""
+    # Imported here, once main has checked the params: spaCy and pandas take seconds.
+    import pandas as pd
+    from tqdm import tqdm
+
+    from src.data.atomic import atomic_path
+    from src.data.coco import load_captions, select_images
+    from src.data.noun_phrases import extract_phrases, load_spacy, select_phrases
+
     caption_set = load_captions(captions_path)
     images = select_images(caption_set, params.max_images, params.seed)
     by_image = caption_set.by_image()
@@ -50,3 +54,18 @@ def run_phrases(params: Params, captions_path: Path, captions_out: Path,
     logger.info("%d images, %d captions -> %d phrases (%.1f per image); %d images have none",
                 len(images), len(captions), len(phrases_df), len(phrases_df) / max(1, len(images)),
                 no_phrases)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--captions", type=Path, required=True, help="captions_train2017.json")
+    parser.add_argument("--captions-out", type=Path, required=True)
+    parser.add_argument("--phrases-out", type=Path, required=True)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run(load_params(args.params), args.captions, args.captions_out, args.phrases_out)
+
+
+if __name__ == "__main__":
+    main()

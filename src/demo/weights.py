@@ -3,13 +3,13 @@
 Training takes longer than `make demo` may, so the weights are committed under
 `assets/demo_models/` (`make demo-models` retrains them byte for byte) and the demo stage
 builds its tiny checkpoints as before, then loads these weights into them:
-- `clip.safetensors`: the CLIPModel (src/models/train_demo_clip.py);
+- `clip.safetensors`: the CLIPModel (src/demo/train_clip.py);
 - `grounding-dino.safetensors`: the GroundingDinoForObjectDetection
-  (src/models/train_demo_detector.py);
+  (src/demo/train_detector.py);
 - the LLaVA gets the trained CLIP's vision encoder as its vision tower (one config:
   `tiny_vision_config`), so the demo's captioner sees through a trained encoder.
 
-    python -m src.models.demo_models --out assets/demo_models
+    python -m src.demo.weights --out assets/demo_models
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor, PreTrainedModel
 
+from src.demo.tiny import build_tiny_models
+from src.demo.train_clip import ClipRecipe, train_clip
+from src.demo.train_detector import DetectorRecipe, train_detector
+from src.demo.training import reproducible
 from src.models.clip import load_clip
-from src.models.demo_training import reproducible
 from src.models.hub import load_pretrained
-from src.models.tiny import build_tiny_models
-from src.models.train_demo_clip import ClipRecipe, train_clip
-from src.models.train_demo_detector import DetectorRecipe, train_detector
 from src.params import load_params
 
 logger = logging.getLogger(__name__)

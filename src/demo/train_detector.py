@@ -20,9 +20,9 @@ from transformers import GroundingDinoForObjectDetection, ProcessorMixin
 
 from src.augment.grounding import canvas_size
 from src.augment.spans import build_prompt
-from src.data.synthetic_coco import IMAGE_SIZES, Scene
-from src.models.demo_training import OptimRecipe, fit, stored_scenes
-from src.models.grounding_dino_loss import attach, training_loss
+from src.demo.grounding_dino_loss import attach, training_loss
+from src.demo.synthetic_coco import IMAGE_SIZES, Scene
+from src.demo.training import OptimRecipe, fit, stored_scenes
 
 
 @dataclass(frozen=True)

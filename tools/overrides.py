@@ -2,7 +2,7 @@
 overrides (passed verbatim, e.g. a grid `clip_threshold=0.22,0.26`) as `dvc exp run`
 arguments, one per line.
 
-    python -m stages.overrides configs/demo.yaml | xargs -d '\\n' dvc exp run -n demo
+    python -m tools.overrides configs/demo.yaml | xargs -d '\\n' dvc exp run -n demo
 """
 
 from __future__ import annotations
