@@ -74,6 +74,10 @@ def test_ratio_ci_recomputes_the_ratio_of_totals_by_hand() -> None:
     # image 0: 1 of 2 mentions hallucinated, image 1: 0 of 2. Draws: {0,0} -> 2/4,
     # {0,1} -> 1/4, {1,1} -> 0/4 with p 1/4, 1/2, 1/4: interval (0, 0.5).
     assert ratio_ci(np.array([1.0, 0.0]), np.array([2.0, 2.0])) == (0.0, 0.5)
+    # Unequal mentions: image 0 has 1 of 1 hallucinated, image 1 has 0 of 3. Draws give
+    # 2/2, 1/4, 0/6 with p 1/4, 1/2, 1/4, so the 30th and 70th percentiles are both 1/4
+    # (the mean of per-image ratios, 1/2, would be wrong).
+    assert ratio_ci(np.array([1.0, 0.0]), np.array([1.0, 3.0]), level=0.40) == (0.25, 0.25)
     # no mentions at all: CHAIR_i is 0, not a division by zero
     assert ratio_ci(np.zeros(3), np.zeros(3)) == (0.0, 0.0)
 
