@@ -234,14 +234,19 @@ def test_no_java_anywhere_names_both_fixes(tmp_path: Path, monkeypatch: pytest.M
         metrics.find_java_bin_dir()
 
 
-@pytest.fixture(scope="module")
-def held_out(coco_mini: Path) -> CaptionScores:
-    """Real captions: each coco-mini val image's first human caption scored against its other
-    four, the way a captioner as good as a person would be."""
+def _held_out(coco_mini: Path, max_words: int | None = None) -> CaptionScores:
+    """Real captions: each coco-mini val image's first human caption (its first `max_words`
+    words) scored against its other four, the way a captioner as good as a person would be."""
     by_image = load_captions(coco_mini / "annotations/captions_val2017.json").by_image()
-    predictions = {i: caps[0].caption for i, caps in by_image.items()}
+    predictions = {i: " ".join(caps[0].caption.split()[:max_words])
+                   for i, caps in by_image.items()}
     references = {i: [c.caption for c in caps[1:]] for i, caps in by_image.items()}
     return score_captions(predictions, references, meteor=False)
+
+
+@pytest.fixture(scope="module")
+def held_out(coco_mini: Path) -> CaptionScores:
+    return _held_out(coco_mini)
 
 
 def test_corpus_cider_is_the_mean_of_the_per_image_cider(held_out: CaptionScores) -> None:
@@ -253,10 +258,17 @@ def test_corpus_cider_is_the_mean_of_the_per_image_cider(held_out: CaptionScores
     assert per_image.std() > 0.1  # real spread, so the equality is not trivial
 
 
-def test_bleu4_from_the_counts_is_pycocoevalcaps_corpus_bleu4(held_out: CaptionScores) -> None:
+def test_bleu4_from_the_counts_is_pycocoevalcaps_corpus_bleu4(held_out: CaptionScores,
+                                                              coco_mini: Path) -> None:
     identity = np.arange(held_out.n_images)[None, :]
     recomputed = corpus_bleu4(resampled_totals(held_out.bleu_counts, identity))
     assert recomputed.tolist() == [held_out.corpus["bleu4"]]
+    # captions cut to 6 words: shorter than their references, so the brevity penalty applies
+    short = _held_out(coco_mini, max_words=6)
+    totals = short.bleu_counts.sum(axis=0)
+    assert totals[0] < totals[1]
+    assert corpus_bleu4(resampled_totals(short.bleu_counts, identity)).tolist() == [
+        short.corpus["bleu4"]]
     # ...and not the mean of per-image BLEU-4, which is a different number
     per_image = np.mean([image["bleu4"] for image in held_out.per_image.values()])
     assert abs(per_image - held_out.corpus["bleu4"]) > 0.01

