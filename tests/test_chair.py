@@ -71,6 +71,8 @@ def test_one_hallucinated_object_and_a_synonym_that_is_not(tmp_path: Path) -> No
     assert (metrics["chair_mentions"], metrics["chair_hallucinated"]) == (5, 1)
     low, high = metrics["chair_i_ci95"]
     assert 0.0 <= low <= metrics["chair_i"] <= high <= 1.0
+    # two captions, hallucinating [1, 0]: a draw of both is 0 or 1 with p 1/4 each
+    assert metrics["chair_s_ci95"] == [0.0, 1.0]
 
 
 def test_reference_captions_add_objects(tmp_path: Path) -> None:
