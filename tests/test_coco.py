@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from src.data.coco import SchemaError, load_captions, resolve_image_path, select_images
+from src.data.coco import (
+    SchemaError,
+    load_captions,
+    load_image_categories,
+    load_instances,
+    resolve_image_path,
+    select_images,
+)
 
 
 def _write(tmp_path: Path, payload: object) -> Path:
@@ -69,3 +76,24 @@ def test_resolve_image_path_refuses_escapes(tmp_path: Path) -> None:
     for bad in ("/etc/passwd", "../secret.jpg", "train2017/../../x.jpg", ""):
         with pytest.raises(ValueError):
             resolve_image_path(tmp_path, bad)
+
+
+def test_image_categories_keep_crowds_and_every_category(tmp_path: Path) -> None:
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps({
+        "images": [{"id": 1}, {"id": 2}],
+        "categories": [{"id": 1, "name": "person"}, {"id": 2, "name": "dog"},
+                       {"id": 3, "name": "cat"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 2, "bbox": [0, 0, 5, 5], "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [5, 5, 5, 5], "iscrowd": 0},
+            {"id": 3, "image_id": 2, "category_id": 1, "bbox": [0, 0, 9, 9], "iscrowd": 1}]}))
+    names, present = load_image_categories(path)
+    assert names == ("person", "dog", "cat")  # cat is in no image but is a category
+    assert present == {1: {"dog"}, 2: {"person"}}  # the crowd of people shows people
+    assert [i.image_id for i in load_instances(path)] == [1, 1]  # boxes leave crowds out
+    bad = json.loads(path.read_text())
+    bad["annotations"][0]["category_id"] = 9
+    path.write_text(json.dumps(bad))
+    with pytest.raises(SchemaError, match="category_id"):
+        load_image_categories(path)

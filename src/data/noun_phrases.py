@@ -39,8 +39,10 @@ class Phrase:
     span_end: int
 
 
-def load_spacy(name: str = "en_core_web_sm") -> Language:
-    """The tagger+parser of the configured pipeline, or of its mirror package (logged).
+def load_spacy(name: str = "en_core_web_sm",
+               disable: tuple[str, ...] = ("ner", "lemmatizer")) -> Language:
+    """The configured pipeline without the `disable`d pipes (by default the tagger and parser
+    only), or its mirror package (logged).
 
     A mirror holds the same pipeline under another name, so the phrases do not change. Any
     other missing model is an error naming the install command: quietly swapping in another
@@ -49,7 +51,7 @@ def load_spacy(name: str = "en_core_web_sm") -> Language:
     mirror = MIRRORS.get(name)
     for candidate in (name, *([mirror[0]] if mirror else [])):
         try:
-            nlp = spacy.load(candidate, disable=["ner", "lemmatizer"])
+            nlp = spacy.load(candidate, disable=list(disable))
         except OSError:
             continue
         if candidate != name:

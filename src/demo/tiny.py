@@ -268,7 +268,7 @@ def tiny_grounding_dino_config() -> GroundingDinoConfig:
 
 def tiny_vision_config() -> CLIPVisionConfig:
     """The vision tower of both the tiny CLIP and the tiny LLaVA: one config, so the demo's
-    LLaVA sees through the trained CLIP's image encoder (src/models/demo_weights.py)."""
+    LLaVA sees through the trained CLIP's image encoder (src/demo/weights.py)."""
     return CLIPVisionConfig(
         hidden_size=64,
         intermediate_size=128,
