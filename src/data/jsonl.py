@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,30 +64,45 @@ def _check(record: object, where: str) -> Example:
                    record["caption"], meta)
 
 
-def read_examples(path: Path, skip_malformed: bool = False) -> tuple[list[Example], int]:
-    """Examples of a JSONL file, and how many malformed lines were skipped.
+@dataclass
+class ExampleReader:
+    """The examples of a JSONL file, read a line at a time (a file of a million examples
+    is never held whole); `malformed` counts the lines skipped so far.
 
     By default the first malformed line raises JsonlError naming file, line
     and field; with `skip_malformed` such lines are counted and logged.
     """
-    examples, skipped = [], 0
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
+
+    path: Path
+    skip_malformed: bool = False
+    malformed: int = 0
+
+    def __iter__(self) -> Iterator[Example]:
+        with open(self.path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                where = f"{self.path}:{number}"
                 try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise JsonlError(f"{where}: not valid JSON ({error.msg})") from error
-                examples.append(_check(record, where))
-            except JsonlError as error:
-                if not skip_malformed:
-                    raise
-                logger.warning("skipping malformed line: %s", error)
-                skipped += 1
-    return examples, skipped
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as error:
+                        raise JsonlError(f"{where}: not valid JSON ({error.msg})") from error
+                    example = _check(record, where)
+                except JsonlError as error:
+                    if not self.skip_malformed:
+                        raise
+                    logger.warning("skipping malformed line: %s", error)
+                    self.malformed += 1
+                    continue
+                yield example
+
+
+def read_examples(path: Path, skip_malformed: bool = False) -> tuple[list[Example], int]:
+    """Examples of a JSONL file, and how many malformed lines were skipped (see
+    `ExampleReader`)."""
+    reader = ExampleReader(path, skip_malformed)
+    return list(reader), reader.malformed
 
 
 def example_to_json(example: Example) -> str:
