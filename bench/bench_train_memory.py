@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 IMAGE_SIZE = 192  # the tiny vision tower's 8-px patches: (192 / 8)^2 = 576 image tokens
-WORDS = ("a red circle blue square green triangle on the left right top bottom of image "
-         "with small large near far and next to under over big tiny shape").split()
+WORDS = ["a", "red", "circle", "blue", "square", "green", "triangle", "on", "the", "left",
+         "right", "top", "bottom", "of", "with", "small", "large", "near", "far", "shape"]
 
 
 def _status_kib(field: str) -> int:
@@ -79,7 +79,8 @@ def child(work: Path, train_file: Path, num_batches: int) -> dict[str, object]:
         tokens += int(batch["attention_mask"].sum())
     return {"examples": len(data.train_samples), "image_tokens": image_token_count(processor),
             "batches": num_batches, "tokens": tokens, "setup_s": round(setup_s, 1),
-            "rss_before_mib": round(before / 1024), "peak_rss_mib": round(_status_kib("VmHWM") / 1024),
+            "rss_before_mib": round(before / 1024),
+            "peak_rss_mib": round(_status_kib("VmHWM") / 1024),
             "peak_growth_mib": round((_status_kib("VmHWM") - before) / 1024),
             "end_rss_anon_mib": round(_status_kib("RssAnon") / 1024),
             "end_rss_file_mib": round(_status_kib("RssFile") / 1024)}
