@@ -9,7 +9,8 @@ run reads it whole, as a 5k run does on real COCO), then per size a `captions.pa
 captions per image) and a `regions.parquet` of 50 scored candidates per image whose
 phrases name COCO categories (so the ground-truth matching has matches to find), and runs
 the stage's own command (`stages.assemble`, the repo's params.yaml) in a fresh process.
-Reports wall seconds and the process's peak resident memory (VmHWM).
+Reports wall and CPU seconds (on a shared machine the CPU time is the steadier one) and the
+process's peak resident memory (VmHWM).
 """
 
 from __future__ import annotations
@@ -29,9 +30,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from src.augment.grounding import DETECTION_COLUMNS, DETECTION_DTYPES  # noqa: E402
 from src.augment.region_truth import COCO_SYNONYMS  # noqa: E402
-from src.data.tables import write_table  # noqa: E402
 
 COCO_IMAGES = 118_287
 BOXES_PER_IMAGE = 7.3  # COCO train: 860,001 instance boxes
@@ -74,6 +73,9 @@ def write_instances(path: Path, seed: int = 0) -> None:
 def write_tables(work: Path, num_images: int, seed: int = 0) -> tuple[Path, Path]:
     """captions.parquet and regions.parquet (with detect's and clip_score's counts) for a
     seeded sample of `num_images` images."""
+    from src.augment.grounding import DETECTION_COLUMNS, DETECTION_DTYPES
+    from src.data.tables import write_table
+
     rng = np.random.default_rng(seed)
     image_ids = np.sort(rng.choice(np.arange(1, COCO_IMAGES + 1), num_images, replace=False))
     file_names = np.array([f"{i:012d}.jpg" for i in image_ids], dtype=object)
@@ -119,12 +121,12 @@ def write_tables(work: Path, num_images: int, seed: int = 0) -> tuple[Path, Path
 def child(argv: list[str]) -> None:
     """Run the stage command in this process; print seconds and peak RSS as JSON."""
     from stages.assemble import main as assemble_main
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     assemble_main(argv)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text()
                   .splitlines())
-    print(json.dumps({"seconds": round(seconds, 1),
+    print(json.dumps({"seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
                       "peak_rss_gib": round(int(status["VmHWM"].split()[0]) / 2**20, 2)}))
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from src.augment.region_truth import match_truth, named_categories, truth_metrics, truth_sweep
+from src.data import coco
 from src.data.coco import SchemaError, load_captions, load_instances
 from src.data.tables import write_table
 from stages.assemble import main as assemble_main
@@ -109,6 +110,33 @@ def test_instances_are_xyxy_pixels_and_schema_errors_name_the_field(tmp_path: Pa
     path.write_text(json.dumps(payload))
     with pytest.raises(SchemaError, match=r"annotations\[0\]: field 'bbox'"):
         load_instances(path)
+
+
+def test_instances_stream_in_small_reads_and_keep_the_sampled_images(
+        demo_coco: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read 7 characters at a time (every value cut somewhere), the boxes equal a whole-file
+    parse's; `image_ids` keeps those images' boxes only; with `categories` written last, as
+    COCO does, an unknown category is still named with its annotation."""
+    path = demo_coco / "annotations" / "instances_train2017.json"
+    payload = json.loads(path.read_text())
+    names = {c["id"]: c["name"] for c in payload["categories"]}
+    expected = [(a["image_id"], names[a["category_id"]],
+                 (float(x), float(y), float(x) + float(w), float(y) + float(h)))
+                for a in payload["annotations"] for x, y, w, h in [a["bbox"]]]
+    monkeypatch.setattr(coco, "READ_CHUNK", 7)
+    got = [(i.image_id, i.category, i.box_xyxy) for i in load_instances(path)]
+    assert got == expected and len(got) > 20
+    sampled = {expected[0][0], expected[-1][0]}
+    assert [(i.image_id, i.category, i.box_xyxy)
+            for i in load_instances(path, sampled)] == [e for e in expected if e[0] in sampled]
+    last = {"annotations": payload["annotations"][:3], "categories": payload["categories"]}
+    last["annotations"][2] = {**last["annotations"][2], "category_id": 999}
+    (tmp_path / "last.json").write_text(json.dumps(last, indent=1))
+    with pytest.raises(SchemaError, match=r"annotations\[2\]: field 'category_id' 999"):
+        load_instances(tmp_path / "last.json", set())
+    (tmp_path / "cut.json").write_text(json.dumps(last)[:-30])
+    with pytest.raises(SchemaError, match="not valid JSON"):
+        load_instances(tmp_path / "cut.json")
 
 
 def _demo_regions(demo_coco: Path, shift: float, swap_xy: bool) -> pd.DataFrame:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +106,9 @@ def read_examples(path: Path, skip_malformed: bool = False) -> tuple[list[Exampl
 
 
 def example_to_json(example: Example) -> str:
-    record = asdict(example)
-    record["bbox"] = None if example.bbox is None else [round(v, 2) for v in example.bbox]
+    record = {"id": example.id, "image": example.image, "kind": example.kind,
+              "bbox": None if example.bbox is None else [round(v, 2) for v in example.bbox],
+              "prompt": example.prompt, "caption": example.caption, "meta": example.meta}
     return json.dumps(record, sort_keys=True, ensure_ascii=False)
 
 

@@ -52,8 +52,7 @@ def run_assemble(params: Params, captions_path: Path, regions_path: Path, coco_r
     sweep = threshold_sweep(result.after_nms)
     metrics, truth = result.metrics, None
     if instances_path is not None:
-        truth = truth_table(load_instances(instances_path))
-        truth = truth[truth["image_id"].isin(result.image_ids)].reset_index(drop=True)
+        truth = truth_table(load_instances(instances_path, result.image_ids))
         metrics = metrics | truth_metrics(result.after_nms, result.chosen, truth)
         sweep = pd.concat([sweep, truth_sweep(result.after_nms, truth, sweep["clip_threshold"])],
                           axis=1)
