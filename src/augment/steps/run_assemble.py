@@ -45,7 +45,7 @@ def run_assemble(params: Params, captions_path: Path, regions_path: Path, coco_r
         seed=params.seed)
 
     captions = pd.read_parquet(captions_path)
-    regions, counts = read_table(regions_path)
+    regions, counts = read_table(regions_path, categorical=["file_name", "phrase", "caption"])
     image_dir_name = find_image_dir(coco_root, captions["file_name"].tolist())
     result = assemble(captions, regions, counts, config, image_dir_name)
     write_examples(out, result.examples)
