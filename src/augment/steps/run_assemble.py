@@ -48,6 +48,7 @@ def run_assemble(params: Params, captions_path: Path, regions_path: Path, coco_r
     regions, counts = read_table(regions_path, categorical=["file_name", "phrase", "caption"])
     image_dir_name = find_image_dir(coco_root, captions["file_name"].tolist())
     result = assemble(captions, regions, counts, config, image_dir_name)
+    del regions  # the candidate table: millions of rows at COCO scale, done with
     write_examples(out, result.examples)
     sweep = threshold_sweep(result.after_nms)
     metrics, truth = result.metrics, None
