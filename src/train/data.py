@@ -115,17 +115,16 @@ def encode_examples(
     *,
     max_length: int,
     drop_bad_masks: bool,
-    work_dir: Path | None = None,
 ) -> tuple[EncodedSamples, SkipCounter]:
     """Tokenise and mask every example; return the samples and the dropped example ids.
 
     A prompt longer than `max_length` is always dropped and counted. A mask that fails
     its check (see `encode_compact`) raises unless `drop_bad_masks`. Image paths are
     checked when read (a path outside the root is a "path_escape" skip then). The samples
-    are written under `work_dir` (the system temporary directory by default), a chunk of
+    are written to the system temporary directory (each process its own file), a chunk of
     examples at a time, so `examples` may be a stream.
     """
-    directory = tempfile.mkdtemp(prefix="train-samples-", dir=work_dir)
+    directory = tempfile.mkdtemp(prefix="train-samples-")
     num_image_tokens = image_token_count(processor)
     skipped, image_token_id = SkipCounter(), processor.image_token_id
     table_path = Path(directory) / "samples.arrow"
