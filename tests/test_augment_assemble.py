@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from src.augment import training_examples
 from src.augment.box_gallery import (
     CELL,
     KEPT,
@@ -80,6 +81,17 @@ def test_nms_keeps_one_phrase_per_box_and_suppresses_overlaps(regions: pd.DataFr
     # E survives A at 0.7 but not at 0.6; an IoU of 1.0 is never *above* 1.0.
     assert _names(cross_phrase_nms(candidates, 0.6)) == ["A", "D", "H"]
     assert _names(cross_phrase_nms(candidates, 1.0)) == ["A", "B", "C", "D", "E", "H"]
+
+
+def test_nms_is_the_same_one_image_at_a_time(regions: pd.DataFrame,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images are suppressed together in padded chunks; a chunk of one image (a budget of
+    one cell) gives the same survivors, and image 2 never suppresses image 1's box A."""
+    candidates = passes_box_text(regions, 0.3, 0.25)
+    together = cross_phrase_nms(candidates, 0.6)
+    monkeypatch.setattr(training_examples, "NMS_CELLS", 1)
+    assert _names(cross_phrase_nms(candidates, 0.6)) == _names(together) == ["A", "D", "H"]
+    assert cross_phrase_nms(candidates.head(0), 0.6).empty
 
 
 def test_nms_order_does_not_depend_on_input_order(regions: pd.DataFrame) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from src.augment.assemble import main as assemble_main
 from src.augment.region_truth import match_truth, named_categories, truth_metrics, truth_sweep
+from src.data import coco
 from src.data.coco import SchemaError, load_captions, load_instances
 from src.data.tables import write_table
 
@@ -50,6 +51,35 @@ def test_match_by_hand() -> None:
     assert match.cover_score.tolist() == [0.9, 0.8, float("-inf"), 0.7]
 
 
+EDGE_TRUTH = pd.DataFrame([
+    (5, "dog", 0, 0, 10, 10),  # 0
+    (5, "dog", 0, 0, 10, 10),  # 1: the same box twice
+    (5, "hot dog", 0, 0, 10, 10),  # 2: "hot dog" also names "dog"
+    (5, "cat", 100, 100, 100, 110),  # 3: zero width: IoU 0 with anything, even itself
+    (6, "dog", 0, 0, 10, 10),  # 4: image 6 has no region
+], columns=["image_id", "category", "box_x0", "box_y0", "box_x1", "box_y1"])
+EDGE_REGIONS = pd.DataFrame([
+    (5, "a dog", 0, 0, 10, 20, 0.4),  # IoU exactly 100/200 = 0.5 with 0, 1: right (inclusive)
+    (5, "a hot dog", 0, 0, 10, 10, 0.6),  # covers 0, 1 and 2, the best score on each
+    (5, "two dogs", 0, 0, 10, 20, 0.6),  # ties 0.6 on 0 and 1: the max is 0.6 either way
+    (5, "the dog", 0, 0, 11, 20, 0.9),  # IoU 100/220 < 0.5: wrong, whatever its score
+    (5, "a cat", 100, 100, 100, 110, 0.9),  # the zero-width box on itself: wrong
+    (7, "a dog", 0, 0, 10, 10, 0.9),  # image 7 has no truth
+], columns=REGION_COLUMNS)
+
+
+def test_match_edge_cases_by_hand() -> None:
+    """Inclusive IoU 0.5, duplicate truth boxes, a phrase naming two categories, tied
+    scores, a zero-area box, images on one side only; and the empty tables."""
+    match = match_truth(EDGE_REGIONS, EDGE_TRUTH)
+    assert match.correct.tolist() == [True, True, True, False, False, False]
+    assert match.cover_score.tolist() == [0.6, 0.6, 0.6, float("-inf"), float("-inf")]
+    none = match_truth(EDGE_REGIONS.head(0), EDGE_TRUTH)
+    assert none.correct.tolist() == [] and (none.cover_score == float("-inf")).all()
+    no_truth = match_truth(EDGE_REGIONS, EDGE_TRUTH.head(0))
+    assert no_truth.correct.tolist() == [False] * 6 and no_truth.cover_score.tolist() == []
+
+
 def test_metrics_before_and_after_the_filter() -> None:
     exact = TRUTH[TRUTH["image_id"] == 1]
     kept = REGIONS[(REGIONS["clip_score"] >= 0.6) & (REGIONS["image_id"] == 1)]
@@ -80,6 +110,33 @@ def test_instances_are_xyxy_pixels_and_schema_errors_name_the_field(tmp_path: Pa
     path.write_text(json.dumps(payload))
     with pytest.raises(SchemaError, match=r"annotations\[0\]: field 'bbox'"):
         load_instances(path)
+
+
+def test_instances_stream_in_small_reads_and_keep_the_sampled_images(
+        demo_coco: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read 7 characters at a time (every value cut somewhere), the boxes equal a whole-file
+    parse's; `image_ids` keeps those images' boxes only; with `categories` written last, as
+    COCO does, an unknown category is still named with its annotation."""
+    path = demo_coco / "annotations" / "instances_train2017.json"
+    payload = json.loads(path.read_text())
+    names = {c["id"]: c["name"] for c in payload["categories"]}
+    expected = [(a["image_id"], names[a["category_id"]],
+                 (float(x), float(y), float(x) + float(w), float(y) + float(h)))
+                for a in payload["annotations"] for x, y, w, h in [a["bbox"]]]
+    monkeypatch.setattr(coco, "READ_CHUNK", 7)
+    got = [(i.image_id, i.category, i.box_xyxy) for i in load_instances(path)]
+    assert got == expected and len(got) > 20
+    sampled = {expected[0][0], expected[-1][0]}
+    assert [(i.image_id, i.category, i.box_xyxy)
+            for i in load_instances(path, sampled)] == [e for e in expected if e[0] in sampled]
+    last = {"annotations": payload["annotations"][:3], "categories": payload["categories"]}
+    last["annotations"][2] = {**last["annotations"][2], "category_id": 999}
+    (tmp_path / "last.json").write_text(json.dumps(last, indent=1))
+    with pytest.raises(SchemaError, match=r"annotations\[2\]: field 'category_id' 999"):
+        load_instances(tmp_path / "last.json", set())
+    (tmp_path / "cut.json").write_text(json.dumps(last)[:-30])
+    with pytest.raises(SchemaError, match="not valid JSON"):
+        load_instances(tmp_path / "cut.json")
 
 
 def _demo_regions(demo_coco: Path, shift: float, swap_xy: bool) -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""The skip counter merges across accelerate processes (2 CPU processes, gloo)."""
+"""The skip counter: one count per skipped item, merged across accelerate processes (2 CPU
+processes, gloo)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from src.data.skips import Skip, SkipCounter
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = """
@@ -28,6 +31,18 @@ with process_group(torch.device("cpu")) as state:
 report["group_left_up"] = torch.distributed.is_initialized()
 Path(sys.argv[1], f"{rank}.json").write_text(json.dumps(report))
 """
+
+
+def test_an_item_skipped_again_counts_once() -> None:
+    """A second visit (next epoch, a resumed run's carried ids, another process) of the
+    same item for the same reason is not a second skip; another item or reason is."""
+    counter = SkipCounter({"missing": [3]})  # carried from a checkpoint
+    for skip in [Skip(3, "missing"), Skip(4, "missing"), Skip(4, "missing"), Skip(4, "bad_box")]:
+        counter.add(skip)
+    counter.update(SkipCounter.of([Skip(4, "missing"), Skip(5, "missing")]))
+    assert counter.as_dict() == {"bad_box": [4], "missing": [3, 4, 5]}
+    assert counter.counts() == {"bad_box": 1, "missing": 3} and counter.total() == 4
+    assert SkipCounter({"missing": [1, 1, 2]}).counts() == {"missing": 2}
 
 
 @pytest.mark.slow

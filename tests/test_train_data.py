@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import random
+import tracemalloc
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from library_helpers import encode_example
 from train_fixtures import FULL_PROMPT, write_demo_jsonl
 
 from src.data.images import crop_box, load_rgb
-from src.data.jsonl import read_examples
+from src.data.jsonl import Example, read_examples
 from src.models.llava import IGNORE_INDEX, load_processor
 from src.train.data import CaptionDataset, Collate, encode_examples, validation_examples
 from src.train.sampler import LengthGroupedBatches
@@ -117,3 +119,29 @@ def test_length_grouped_batches_cover_everything_with_less_padding() -> None:
 def test_a_short_batch_comes_last() -> None:
     batches = list(LengthGroupedBatches(list(range(21)), batch_size=4, seed=0))
     assert [len(b) for b in batches] == [4, 4, 4, 4, 4, 1]
+
+
+def test_encoded_samples_hold_no_per_example_token_lists(tiny_models, demo_coco: Path) -> None:
+    """3,000 examples at 576 image tokens: held as Python lists they would keep ~30 MB of
+    Python objects; the memory-mapped samples keep none, and read back what the one-pair
+    encoder gives. Lengths come without expanding the ids."""
+    processor = load_processor(str(tiny_models["llava"]), 192)  # (192 / 8)^2 image tokens
+    captions = [f"a {'red ' * (i % 7)}circle number {i}." for i in range(3000)]
+    examples = (Example(f"c{i}", "train2017/x.jpg", "full", None, FULL_PROMPT, caption)
+                for i, caption in enumerate(captions))
+    tracemalloc.start()
+    samples, skipped = encode_examples(examples, processor, max_length=1024,
+                                       drop_bad_masks=False)
+    kept_bytes = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(samples) == 3000 and not skipped.counts()
+    assert kept_bytes < 1_000_000
+    for index in (0, 1234, 2999):
+        expected = encode_example(processor.tokenizer, FULL_PROMPT, captions[index],
+                                  image_token=processor.image_token, num_image_tokens=576,
+                                  max_length=1024)
+        sample = samples[index]
+        assert sample.input_ids.count(processor.image_token_id) == 576
+        assert (sample.input_ids, sample.labels) == (expected.input_ids, expected.labels)
+    dataset = CaptionDataset(samples, processor, demo_coco)
+    assert dataset.lengths() == [len(sample.input_ids) for sample in samples]

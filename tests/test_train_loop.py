@@ -133,6 +133,26 @@ def test_outputs_and_counted_image_skips(tiny_models, demo_coco: Path, train_fil
     assert _steps(tmp_path / "live", "loss") == [1, 2, 3]
 
 
+def test_an_image_skipped_in_every_epoch_counts_once(tiny_models, demo_coco: Path,
+                                                    train_file: Path, tmp_path: Path) -> None:
+    """Two epochs over 2 good and 2 unreadable examples: 4 samples trained, 2 skips."""
+    examples, _ = read_examples(train_file)
+    image_root = tmp_path / "images"
+    image_root.mkdir()
+    (image_root / "train2017").symlink_to(demo_coco / "train2017")
+    (image_root / "broken.jpg").write_bytes(b"not a jpeg")
+    broken = [Example(f"b{i}", "broken.jpg", "full", None, examples[0].prompt, "a red circle.")
+              for i in range(2)]
+    small = tmp_path / "small.jsonl"
+    write_examples(small, [*examples[:2], *broken])
+    config = tiny_config(tiny_models["llava"], bsz=2, grad_accum=1, max_steps=0, epochs=2,
+                         val_examples=1)
+    paths = dataclasses.replace(demo_paths(demo_coco, small, tmp_path), image_root=image_root)
+    metrics = finetune(config, paths, show_progress=False)
+    assert metrics["steps"] == 4 and metrics["samples_trained"] == 4
+    assert metrics["skipped"] == {"not_an_image": 2} and metrics["skipped_images"] == 2
+
+
 def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny_models, demo_coco: Path,
                                                          train_file: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:

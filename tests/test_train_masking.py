@@ -149,3 +149,26 @@ def test_drop_bad_masks_counts_each_drop_by_reason(processor) -> None:
                                  "prompt_too_long": ["long"]}
     with pytest.raises(MaskError, match="example fused1: mask_mismatch"):
         encode_examples(examples, merging, max_length=64, drop_bad_masks=False)
+
+
+@pytest.mark.parametrize("prompt, caption", [
+    (PROMPT, CAPTION),
+    ("Look:<image> twice.", CAPTION),  # a second image token inside the prompt text
+    (PROMPT, "A <image> in the caption."),  # in the answer: a mismatch either way
+])
+def test_compact_tokenisation_equals_tokenising_the_expanded_text(processor, prompt,
+                                                                  caption) -> None:
+    """Ids are computed with one image token per `<image>` and expanded afterwards: they
+    must equal tokenising the text with every `<image>` written out 16 times."""
+    tokenizer, token = processor.tokenizer, processor.image_token
+    expanded = (format_prompt(prompt) + format_answer(caption)).replace(token, token * 16)
+    reference = [*tokenizer(expanded)["input_ids"], tokenizer.eos_token_id]
+    encode = {"image_token": token, "num_image_tokens": 16, "max_length": 512}
+    if token in caption:  # the answer holds 16 image tokens, the caption alone one
+        with pytest.raises(MaskError, match="mask_mismatch"):
+            encode_example(tokenizer, prompt, caption, **encode)
+        return
+    encoded = encode_example(tokenizer, prompt, caption, **encode)
+    assert encoded.input_ids == reference
+    prompt_length = len(tokenizer(format_prompt(prompt).replace(token, token * 16))["input_ids"])
+    assert encoded.labels == [IGNORE_INDEX] * prompt_length + reference[prompt_length:]

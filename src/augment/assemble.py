@@ -78,18 +78,18 @@ def run(params: Params, captions_path: Path, regions_path: Path, coco_root: Path
         seed=params.seed)
 
     captions = pd.read_parquet(captions_path)
-    regions, counts = read_table(regions_path)
+    regions, counts = read_table(regions_path, categorical=["file_name", "phrase", "caption"])
     image_dir_name = find_image_dir(coco_root, captions["file_name"].tolist())
     file_names = dict(zip(captions["image_id"], captions["file_name"], strict=True))
     unread = read_unread(coco_root / image_dir_name, file_names,
                          unread_images(captions, regions, counts))
     result = assemble(captions, regions, counts, config, image_dir_name, unread.ids)
+    del regions  # the candidate table: millions of rows at COCO scale, done with
     write_examples(out, result.examples)
     sweep = threshold_sweep(result.after_nms)
     metrics, truth = result.metrics, None
     if instances_path is not None:
-        truth = truth_table(load_instances(instances_path))
-        truth = truth[truth["image_id"].isin(result.image_ids)].reset_index(drop=True)
+        truth = truth_table(load_instances(instances_path, result.image_ids))
         metrics = metrics | truth_metrics(result.after_nms, result.chosen, truth)
         sweep = pd.concat([sweep, truth_sweep(result.after_nms, truth, sweep["clip_threshold"])],
                           axis=1)

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 
-from src.data.boxes import BOX_COLUMNS, box_iou
+from src.data.boxes import BOX_COLUMNS, paired_box_iou
 from src.data.coco import CocoInstance
 
 IOU_MATCH = 0.5
@@ -75,11 +76,25 @@ def _names_category(phrase_words: list[str], name: str) -> bool:
     return tail[:-1] == words[:-1] and last in (words[-1], words[-1] + "s", words[-1] + "es")
 
 
+@lru_cache(maxsize=8)
+def _names_by_last_word(categories: tuple[str, ...]) -> dict[str, list[tuple[str, str]]]:
+    """(category, name) pairs under each last word a phrase naming them can end with."""
+    index: dict[str, list[tuple[str, str]]] = {}
+    for category in categories:
+        for name in (category, *COCO_SYNONYMS.get(category, ())):
+            last = name.split()[-1]
+            for ending in dict.fromkeys((last, last + "s", last + "es")):
+                index.setdefault(ending, []).append((category, name))
+    return index
+
+
 def named_categories(phrase: str, categories: Iterable[str]) -> frozenset[str]:
     """The categories `phrase` names, by its last words."""
     words = phrase.lower().split()
-    return frozenset(c for c in categories
-                     if any(_names_category(words, n) for n in (c, *COCO_SYNONYMS.get(c, ()))))
+    if not words:
+        return frozenset()
+    candidates = _names_by_last_word(tuple(sorted(set(categories)))).get(words[-1], ())
+    return frozenset(c for c, name in candidates if _names_category(words, name))
 
 
 @dataclass(frozen=True)
@@ -89,25 +104,37 @@ class TruthMatch:
 
 
 def match_truth(regions: pd.DataFrame, truth: pd.DataFrame) -> TruthMatch:
-    """Match every region (image_id, phrase, box columns, clip_score) to `truth`."""
+    """Match every region (image_id, phrase, box columns, clip_score) to `truth`.
+
+    Vectorised: each region is paired only with the truth boxes of its image whose
+    category its phrase names (a join on image and category), and IoU is computed on
+    those pairs alone.
+    """
     correct = np.zeros(len(regions), dtype=bool)
     cover_score = np.full(len(truth), -np.inf)
     categories = sorted(set(truth["category"]))
-    named = {p: named_categories(p, categories) for p in set(regions["phrase"])}
-    truth_rows = truth.reset_index(drop=True).groupby("image_id").indices
-    for image_id, region_rows in regions.reset_index(drop=True).groupby("image_id").indices.items():
-        if image_id not in truth_rows:
-            continue
-        gt = truth.iloc[truth_rows[image_id]]
-        found = regions.iloc[region_rows]
-        same_object = box_iou(found[BOX_COLUMNS].to_numpy(float),
-                                  gt[BOX_COLUMNS].to_numpy(float)) >= IOU_MATCH
-        names_it = np.array([[c in named[p] for c in gt["category"]] for p in found["phrase"]],
-                            dtype=bool).reshape(same_object.shape)
-        covers = same_object & names_it
-        correct[region_rows] = covers.any(axis=1)
-        scores = np.where(covers, found["clip_score"].to_numpy(float)[:, None], -np.inf)
-        cover_score[truth_rows[image_id]] = scores.max(axis=0, initial=-np.inf)
+    phrase_codes, phrases = pd.factorize(regions["phrase"])
+    named = [(code, category) for code, phrase in enumerate(phrases)
+             for category in sorted(named_categories(phrase, categories))]
+    if not named:
+        return TruthMatch(correct, cover_score)
+    codes, named_category = zip(*named, strict=True)
+    pairs = (pd.DataFrame({"region_row": np.arange(len(regions)), "phrase_code": phrase_codes,
+                           "image_id": regions["image_id"].to_numpy(np.int64)})
+             .merge(pd.DataFrame({"phrase_code": np.array(codes, dtype=phrase_codes.dtype),
+                                  "category": np.array(named_category, dtype=object)}),
+                    on="phrase_code")
+             .merge(pd.DataFrame({"truth_row": np.arange(len(truth)),
+                                  "image_id": truth["image_id"].to_numpy(np.int64),
+                                  "category": truth["category"].to_numpy(object)}),
+                    on=["image_id", "category"]))
+    region_row, truth_row = pairs["region_row"].to_numpy(), pairs["truth_row"].to_numpy()
+    iou = paired_box_iou(regions[BOX_COLUMNS].to_numpy(float)[region_row],
+                         truth[BOX_COLUMNS].to_numpy(float)[truth_row])
+    hit = iou >= IOU_MATCH
+    correct[region_row[hit]] = True
+    np.maximum.at(cover_score, truth_row[hit],
+                  regions["clip_score"].to_numpy(float)[region_row[hit]])
     return TruthMatch(correct, cover_score)
 
 

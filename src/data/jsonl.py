@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection, Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,38 +70,55 @@ def _check(record: object, where: str, reserved: Collection[str]) -> Example:
                    record["caption"], meta)
 
 
-def read_examples(path: Path, skip_malformed: bool = False,
-                  reserved: Collection[str] = ()) -> tuple[list[Example], int]:
-    """Examples of a JSONL file, and how many malformed lines were skipped.
+@dataclass
+class ExampleReader:
+    """The examples of a JSONL file, read a line at a time (a file of a million examples
+    is never held whole); `malformed` counts the lines skipped so far.
 
     By default the first malformed line raises JsonlError naming file, line
     and field; with `skip_malformed` such lines are counted and logged. A prompt or
     caption holding one of the `reserved` texts (the tokenizer's special tokens, see
     `src.models.llava.special_token_texts`) is malformed too.
     """
-    examples, skipped = [], 0
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
+
+    path: Path
+    skip_malformed: bool = False
+    reserved: Collection[str] = ()
+    malformed: int = 0
+
+    def __iter__(self) -> Iterator[Example]:
+        with open(self.path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                where = f"{self.path}:{number}"
                 try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise JsonlError(f"{where}: not valid JSON ({error.msg})") from error
-                examples.append(_check(record, where, reserved))
-            except JsonlError as error:
-                if not skip_malformed:
-                    raise
-                logger.warning("skipping malformed line: %s", error)
-                skipped += 1
-    return examples, skipped
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as error:
+                        raise JsonlError(f"{where}: not valid JSON ({error.msg})") from error
+                    example = _check(record, where, self.reserved)
+                except JsonlError as error:
+                    if not self.skip_malformed:
+                        raise
+                    logger.warning("skipping malformed line: %s", error)
+                    self.malformed += 1
+                    continue
+                yield example
+
+
+def read_examples(path: Path, skip_malformed: bool = False,
+                  reserved: Collection[str] = ()) -> tuple[list[Example], int]:
+    """Examples of a JSONL file, and how many malformed lines were skipped (see
+    `ExampleReader`)."""
+    reader = ExampleReader(path, skip_malformed, reserved)
+    return list(reader), reader.malformed
 
 
 def example_to_json(example: Example) -> str:
-    record = asdict(example)
-    record["bbox"] = None if example.bbox is None else [round(v, 2) for v in example.bbox]
+    record = {"id": example.id, "image": example.image, "kind": example.kind,
+              "bbox": None if example.bbox is None else [round(v, 2) for v in example.bbox],
+              "prompt": example.prompt, "caption": example.caption, "meta": example.meta}
     return json.dumps(record, sort_keys=True, ensure_ascii=False)
 
 

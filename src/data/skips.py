@@ -40,27 +40,42 @@ class Skip:
 
 
 class SkipCounter:
-    """Skipped item ids by reason. `add` logs each skip as a warning; merging never logs."""
+    """Skipped item ids by reason, each id once per reason: an image skipped again in a
+    later epoch, or by another process, is one skip. `add` logs a skip the first time
+    only; merging never logs."""
 
     def __init__(self, ids: Mapping[str, Iterable[Hashable]] | None = None) -> None:
-        self.ids: dict[str, list[Hashable]] = {r: list(v) for r, v in (ids or {}).items()}
+        self.ids: dict[str, list[Hashable]] = {}
+        self._seen: dict[str, set[Hashable]] = {}
+        for reason, items in (ids or {}).items():
+            self._extend(reason, items)
+
+    def _extend(self, reason: str, items: Iterable[Hashable]) -> int:
+        """Append the ids of `items` not yet counted under `reason`; return how many."""
+        kept, seen = self.ids.setdefault(reason, []), self._seen.setdefault(reason, set())
+        before = len(kept)
+        for item in items:
+            if item not in seen:
+                seen.add(item)
+                kept.append(item)
+        return len(kept) - before
 
     @classmethod
     def of(cls, skips: Iterable[Skip]) -> SkipCounter:
         """A counter of `skips` (already logged where they happened)."""
         counter = cls()
         for skip in skips:
-            counter.ids.setdefault(skip.reason, []).append(skip.item)
+            counter._extend(skip.reason, [skip.item])
         return counter
 
     def add(self, skip: Skip) -> None:
-        logger.warning("skipping %s", skip)
-        self.ids.setdefault(skip.reason, []).append(skip.item)
+        if self._extend(skip.reason, [skip.item]):
+            logger.warning("skipping %s", skip)
 
     def update(self, *others: SkipCounter) -> SkipCounter:
         for other in others:
             for reason, ids in other.ids.items():
-                self.ids.setdefault(reason, []).extend(ids)
+                self._extend(reason, ids)
         return self
 
     def counts(self) -> dict[str, int]:

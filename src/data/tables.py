@@ -11,6 +11,7 @@ instead of coming back as other numbers (Parquet only checks its footer by itsel
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,15 @@ def read_metadata(path: Path) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
-def read_table(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The table, every page checked against its checksum, and its metadata."""
-    return pd.read_parquet(path, page_checksum_verification=True), read_metadata(path)
+def read_table(path: Path, categorical: Sequence[str] = ()) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The frame, every page checked against its checksum, and its metadata. `categorical`
+    string columns are read as pandas categoricals: one small code per row instead of one
+    Python string (5.9M rows of file names, phrases and captions at COCO scale take 1.2 GB
+    as strings, 70 MB as codes)."""
+    table = pq.read_table(path, read_dictionary=list(categorical),
+                          page_checksum_verification=True)
+    frame = table.to_pandas(self_destruct=True, split_blocks=True)  # column by column
+    del table
+    pa.default_memory_pool().release_unused()  # else Arrow's pool keeps the buffers
+    return frame, read_metadata(path)
 

@@ -1,18 +1,27 @@
 """Training and validation samples: JSONL/COCO examples -> token ids, labels and pixels.
 
 Text is tokenised once, up front (token lengths drive the length-grouped batches and a
-bad mask fails before any training); images are read in DataLoader workers by the one
-image reader, where an unreadable file or a path outside the image root becomes a Skip
-record carried in the batch.
+bad mask fails before any training), a chunk at a time, into an Arrow file that is
+memory-mapped: memory does not grow with the number of examples (a million examples
+held as Python lists of 600 ids each would take tens of GiB in every DDP process). Each
+image token is stored once and expanded when a sample is read. Images are read in
+DataLoader workers by the one image reader, where an unreadable file or a path outside
+the image root becomes a Skip record carried in the batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import os
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
+import pyarrow as pa
 import torch
 from torch.utils.data import Dataset
 from transformers import ProcessorMixin
@@ -22,7 +31,7 @@ from src.data.images import crop_box, read_image
 from src.data.jsonl import Example
 from src.data.skips import Skip, SkipCounter
 from src.models.llava import IGNORE_INDEX, image_token_count
-from src.train.masking import MaskError, check_supervised, encode_batch
+from src.train.masking import CompactText, MaskError, check_supervised, encode_compact
 
 
 @dataclass(frozen=True)
@@ -34,32 +43,115 @@ class Sample:
     labels: list[int]
 
 
+ENCODE_CHUNK = 4096  # examples tokenised and written at a time: bounds the peak memory
+SCHEMA = pa.schema([
+    ("example_id", pa.string()), ("image", pa.string()),
+    ("bbox_xyxy", pa.list_(pa.float64(), 4)),  # null for a full-image example
+    ("ids", pa.list_(pa.int32())),  # each image token once (CompactText.ids)
+    ("prompt_length", pa.int32()), ("length", pa.int32()),  # image tokens expanded
+])
+
+
+def _remove_if_owner(directory: str, owner_pid: int) -> None:
+    if os.getpid() == owner_pid:  # not in a forked DataLoader worker
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+class EncodedSamples(Sequence[Sample]):
+    """Encoded samples in a memory-mapped Arrow file in a private temporary directory,
+    removed with this object. Memory held: the pages the OS maps in, which it can drop."""
+
+    def __init__(self, table_path: Path, image_token_id: int, num_image_tokens: int) -> None:
+        self.table_path = table_path
+        self.image_token_id = image_token_id
+        self.num_image_tokens = num_image_tokens
+        self._open()
+
+    def _open(self) -> None:
+        self._table = pa.ipc.open_file(pa.memory_map(str(self.table_path))).read_all()
+        self._columns = {name: self._table.column(name) for name in SCHEMA.names}
+
+    def __getstate__(self) -> dict[str, Any]:  # a spawned worker maps the file itself
+        return {k: v for k, v in self.__dict__.items() if k not in ("_table", "_columns")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._open()
+
+    def __len__(self) -> int:
+        return self._table.num_rows
+
+    @overload
+    def __getitem__(self, index: int) -> Sample: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Sample]: ...
+
+    def __getitem__(self, index: int | slice) -> Sample | list[Sample]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"sample {index} of {len(self)}")
+        row = {name: column[index].as_py() for name, column in self._columns.items()}
+        text = CompactText(row["ids"], self.image_token_id, self.num_image_tokens,
+                           row["prompt_length"], row["length"]).expand()
+        bbox = row["bbox_xyxy"]
+        return Sample(row["example_id"], row["image"], None if bbox is None else tuple(bbox),
+                      text.input_ids, text.labels)
+
+    def lengths(self) -> list[int]:
+        """Token lengths, image tokens expanded, without reading the ids."""
+        return self._table.column("length").to_pylist()
+
+
+def _chunks(examples: Iterable[Example], size: int) -> Iterator[list[Example]]:
+    iterator = iter(examples)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
 def encode_examples(
     examples: Iterable[Example],
     processor: ProcessorMixin,
     *,
     max_length: int,
     drop_bad_masks: bool,
-) -> tuple[list[Sample], SkipCounter]:
+) -> tuple[EncodedSamples, SkipCounter]:
     """Tokenise and mask every example; return the samples and the dropped example ids.
 
     A prompt longer than `max_length` is always dropped and counted. A mask that fails
-    its check (see `encode_batch`) raises unless `drop_bad_masks`. Image paths are
-    checked when read (a path outside the root is a "path_escape" skip then).
+    its check (see `encode_compact`) raises unless `drop_bad_masks`. Image paths are
+    checked when read (a path outside the root is a "path_escape" skip then). The samples
+    are written to the system temporary directory (each process its own file), a chunk of
+    examples at a time, so `examples` may be a stream.
     """
-    examples = list(examples)
-    encoded = encode_batch(processor.tokenizer, [(e.prompt, e.caption) for e in examples],
-                           image_token=processor.image_token,
-                           num_image_tokens=image_token_count(processor), max_length=max_length)
-    samples, skipped = [], SkipCounter()
-    for example, result in zip(examples, encoded, strict=True):
-        if isinstance(result, MaskError):
-            if result.reason != "prompt_too_long" and not drop_bad_masks:
-                raise MaskError(result.reason, f"example {example.id}: {result}")
-            skipped.add(Skip(example.id, result.reason, example.image, str(result)))
-            continue
-        bbox = example.bbox if example.kind == "region" else None
-        samples.append(Sample(example.id, example.image, bbox, result.input_ids, result.labels))
+    directory = tempfile.mkdtemp(prefix="train-samples-")
+    num_image_tokens = image_token_count(processor)
+    skipped, image_token_id = SkipCounter(), processor.image_token_id
+    table_path = Path(directory) / "samples.arrow"
+    try:
+        with pa.OSFile(str(table_path), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
+            for chunk in _chunks(examples, ENCODE_CHUNK):
+                encoded = encode_compact(
+                    processor.tokenizer, [(e.prompt, e.caption) for e in chunk],
+                    image_token=processor.image_token, num_image_tokens=num_image_tokens,
+                    max_length=max_length)
+                rows = []
+                for example, result in zip(chunk, encoded, strict=True):
+                    if isinstance(result, MaskError):
+                        if result.reason != "prompt_too_long" and not drop_bad_masks:
+                            raise MaskError(result.reason, f"example {example.id}: {result}")
+                        skipped.add(Skip(example.id, result.reason, example.image, str(result)))
+                        continue
+                    rows.append({"example_id": example.id, "image": example.image,
+                                 "bbox_xyxy": list(example.bbox) if example.kind == "region"
+                                 else None, "ids": result.ids,
+                                 "prompt_length": result.prompt_length, "length": result.length})
+                writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=SCHEMA))
+        samples = EncodedSamples(table_path, image_token_id, num_image_tokens)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    weakref.finalize(samples, _remove_if_owner, directory, os.getpid())
     return samples, skipped
 
 
@@ -83,7 +175,7 @@ class CaptionDataset(Dataset):
 
     def __init__(self, samples: Sequence[Sample], processor: ProcessorMixin,
                  image_root: Path) -> None:
-        self.samples = list(samples)
+        self.samples = samples
         self.image_processor = processor.image_processor
         self.image_root = Path(image_root)
 
@@ -91,6 +183,8 @@ class CaptionDataset(Dataset):
         return len(self.samples)
 
     def lengths(self) -> list[int]:
+        if isinstance(self.samples, EncodedSamples):
+            return self.samples.lengths()
         return [len(sample.input_ids) for sample in self.samples]
 
     def __getitem__(self, index: int) -> dict[str, Any] | Skip:

@@ -26,7 +26,7 @@ from transformers import ProcessorMixin, get_cosine_schedule_with_warmup
 
 from src.data.atomic import atomic_write_json, remove_stale_temps
 from src.data.coco import path_inside
-from src.data.jsonl import read_examples
+from src.data.jsonl import ExampleReader
 from src.data.shard_map import file_digest, fingerprint, processor_digest
 from src.data.skips import Skip, SkipCounter
 from src.models.device_policy import llava_dtype, mixed_precision, oom_advice, resolve_device
@@ -48,7 +48,14 @@ from src.train.checkpoint import (
     remove_finished_run,
     remove_other_runs,
 )
-from src.train.data import CaptionDataset, Collate, Sample, encode_examples, validation_examples
+from src.train.data import (
+    CaptionDataset,
+    Collate,
+    EncodedSamples,
+    Sample,
+    encode_examples,
+    validation_examples,
+)
 from src.train.live import LiveMetrics
 from src.train.loop import LoopSettings, Trainer
 from src.train.model import LoraSettings, parameter_counts, prepare_for_training
@@ -92,7 +99,7 @@ class FinetunePaths:
     live_dir: Path | None = None
 
 
-def _check_image_root(samples: list[Sample], image_root: Path) -> None:
+def _check_image_root(samples: EncodedSamples, image_root: Path) -> None:
     probe = [sample.image for sample in samples[:IMAGE_ROOT_PROBE]]
     paths = [path_inside(image_root, relative) for relative in probe]
     if probe and not any(path is not None and path.is_file() for path in paths):
@@ -133,8 +140,8 @@ def _finite_or_none(value: float) -> float | None:
 
 @dataclass
 class _Data:
-    train_samples: list[Sample]
-    val_samples: list[Sample]
+    train_samples: EncodedSamples
+    val_samples: EncodedSamples
     dropped: SkipCounter  # training examples dropped before training, by reason
     val_dropped: SkipCounter
     malformed: int  # skipped JSONL lines
@@ -146,10 +153,11 @@ class _Data:
 
 def _setup_data(config: FinetuneConfig, paths: FinetunePaths, processor: ProcessorMixin,
                 num_processes: int) -> _Data:
-    examples, malformed = read_examples(paths.train_file, skip_malformed=config.skip_malformed,
-                                        reserved=special_token_texts(processor))
+    examples = ExampleReader(paths.train_file, skip_malformed=config.skip_malformed,
+                             reserved=special_token_texts(processor))
     encode = {"max_length": config.max_length, "drop_bad_masks": config.drop_bad_masks}
-    train_samples, dropped = encode_examples(examples, processor, **encode)
+    train_samples, dropped = encode_examples(examples, processor, **encode)  # streams the file
+    malformed = examples.malformed
     if not train_samples:
         raise ValueError(f"{paths.train_file}: no trainable example ({dropped.counts()})")
     _check_image_root(train_samples, paths.image_root)
