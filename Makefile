@@ -74,7 +74,7 @@ ablation: setup
 	    --seeds $(SEEDS) \
 	    | xargs -d '\n' $(DVC) exp run --queue -n $$name && \
 	$(DVC) exp run --run-all -j 1 && \
-	$(PY) -m stages.report --prefix $$name-
+	$(PY) -m stages.report --prefix $$name- --reference assemble.max_region_ratio=0
 
 # Every plot (training curves, threshold sweeps, galleries) as one offline HTML page.
 plots: setup
