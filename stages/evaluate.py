@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--adapter", type=Path, help="LoRA adapter dir; omit for the base model")
     parser.add_argument("--images", type=Path, required=True, help="val2017 image directory")
     parser.add_argument("--ann", type=Path, required=True, help="captions_val2017.json")
+    parser.add_argument("--instances", type=Path,
+                        help="instances_val2017.json, for CHAIR (left out when absent)")
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--predictions", type=Path, required=True, help="COCO results JSON")
     parser.add_argument("--per-image", type=Path, required=True, help="per-image scores CSV")
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(params.seed)
     config = EvalConfig.from_params(params, adapter_dir=args.adapter, images_dir=args.images,
-                                    ann_path=args.ann, num_workers=args.num_workers)
+                                    ann_path=args.ann, num_workers=args.num_workers,
+                                    instances_path=args.instances)
     with process_group(resolve_device()) as state:
         metrics = evaluate(config, outputs, state)
     if metrics is not None:

@@ -39,10 +39,20 @@ def tiny_adapter(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPath
 def _args(coco: Path, out: Path, tiny_models: dict[str, Path], *extra: str) -> list[str]:
     return ["--images", str(coco / "val2017"),
             "--ann", str(coco / "annotations/captions_val2017.json"),
+            "--instances", str(coco / "annotations/instances_val2017.json"),
             "--model-id", str(tiny_models["llava"]), "--clip-model-id", str(tiny_models["clip"]),
             "--batch-size", "4", "--max-new-tokens", "8", "--no-meteor",
             "--out", str(out / "metrics.json"), "--predictions", str(out / "predictions.json"),
             "--params", str(REPO / "params.yaml"), *extra]
+
+
+def _flat(metrics: dict) -> dict:
+    """Intervals ([low, high]) as two keys, so pytest.approx can compare the metrics."""
+    flat = {}
+    for key, value in metrics.items():
+        flat.update({f"{key}_{n}": v for n, v in enumerate(value)} if isinstance(value, list)
+                    else {key: value})
+    return flat
 
 
 def _predictions(out: Path) -> dict[int, str]:
@@ -75,8 +85,10 @@ def test_base_and_adapter_on_the_demo_split(demo_coco: Path, tiny_models: dict[s
     table = capsys.readouterr().out
     metrics = json.loads((tmp_path / "base/metrics.json").read_text())
     lines = table.splitlines()
-    assert lines[0].split() == ["BLEU-4", f"{metrics['bleu4']:.4f}"]
-    assert lines[1].split() == ["CIDEr", f"{metrics['cider']:.4f}"]
+    low, high = metrics["cider_ci95"]
+    assert lines[0].split()[:2] == ["BLEU-4", f"{metrics['bleu4']:.4f}"]
+    assert lines[1].split() == ["CIDEr", f"{metrics['cider']:.4f}", f"[{low:.4f},", f"{high:.4f}]"]
+    assert any(line.split()[:2] == ["CHAIR_i", f"{metrics['chair_i']:.4f}"] for line in lines)
     assert f"n_images {metrics['n_images']}" in " ".join(" ".join(line.split()) for line in lines)
     assert metrics["n_images"] == 6 and len(_predictions(tmp_path / "base")) == 6
 
@@ -101,6 +113,8 @@ def test_real_coco_mini_val(coco_mini: Path, tiny_models: dict[str, Path],
     assert metrics["n_images"] == len(ann["images"]) == 60
     assert metrics["skipped"] == 0
     assert sorted(_predictions(tmp_path)) == sorted(image["id"] for image in ann["images"])
+    # coco-mini ships no instances_val2017.json: CHAIR is left out, said so, nothing fails
+    assert metrics["chair_i"] is None and "not found" in metrics["chair_unavailable"]
 
 
 @pytest.mark.slow
@@ -122,7 +136,7 @@ def test_two_processes_give_the_same_predictions(demo_coco: Path, tiny_models: d
     assert len(_predictions(tmp_path / "procs1")) == 8
     one = json.loads((tmp_path / "procs1/metrics.json").read_text())
     two = json.loads((tmp_path / "procs2/metrics.json").read_text())
-    assert one == pytest.approx(two)
+    assert _flat(one) == pytest.approx(_flat(two))
 
 
 @pytest.mark.slow
@@ -144,7 +158,7 @@ def test_offline_unloadable_clip_still_writes_every_caption_metric(
     assert {"bleu4", "rougeL", "cider"} <= metrics.keys()
     assert metrics["clipscore"] is None and metrics["refclipscore"] is None
     assert "no-such-org/no-such-clip" in metrics["clipscore_unavailable"]
-    lines = [line.split() for line in done.stdout.splitlines()]
+    lines = [line.split()[:2] for line in done.stdout.splitlines()]
     assert lines[0] == ["BLEU-4", f"{metrics['bleu4']:.4f}"]
     assert lines[1] == ["CIDEr", f"{metrics['cider']:.4f}"]
     assert ["CLIPScore", "unavailable"] in lines

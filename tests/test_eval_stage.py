@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -42,6 +43,7 @@ def _run(coco: Path, out: Path, params: Path, *extra: str) -> dict:
     evaluate_stage.main([
         "--images", str(coco / "val2017"),
         "--ann", str(coco / "annotations/captions_val2017.json"),
+        "--instances", str(coco / "annotations/instances_val2017.json"),
         "--metrics", str(out / "metrics.json"),
         "--predictions", str(out / "predictions.json"),
         "--per-image", str(out / "per_image.csv"),
@@ -83,6 +85,12 @@ def test_metrics_equal_pycocoevalcap_on_the_written_predictions(
     assert metrics["bleu1"] > 0 and metrics["cider"] > 0  # the random model shares some words
     assert metrics["n_images"] == NUM_VAL and metrics["skipped"] == 0
     assert 0 <= metrics["clipscore"] <= 2.5 and 0 <= metrics["refclipscore"] <= 2.5
+    assert (metrics["bootstrap_resamples"], metrics["bootstrap_seed"]) == (2000, 0)
+    for key in ("cider", "bleu4", "chair_i", "chair_s"):
+        low, high = metrics[f"{key}_ci95"]
+        assert 0 <= low <= metrics[key] <= high, key
+    assert metrics["chair_i"] <= 1 and metrics["chair_s"] <= 1
+    assert "chair_unavailable" not in metrics
 
     with open(tmp_path / "out/per_image.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
@@ -90,6 +98,12 @@ def test_metrics_equal_pycocoevalcap_on_the_written_predictions(
     assert [r["caption"] for r in rows] == [predictions[i] for i in sorted(predictions)]
     mean_clip = sum(float(r["clipscore"]) for r in rows) / len(rows)
     assert mean_clip == pytest.approx(metrics["clipscore"])
+    # what a paired comparison of two runs needs: per-image CIDEr and CHAIR counts
+    assert sum(float(r["cider"]) for r in rows) / len(rows) == pytest.approx(metrics["cider"])
+    mentions = sum(int(r["chair_mentions"]) for r in rows)
+    hallucinated = sum(int(r["chair_hallucinated"]) for r in rows)
+    assert mentions == metrics["chair_mentions"] and hallucinated == metrics["chair_hallucinated"]
+    assert metrics["chair_i"] == (hallucinated / mentions if mentions else 0.0)
     with Image.open(tmp_path / "out/plots/gallery.png") as gallery:
         assert gallery.width > 400 and gallery.height > 2 * 192
     assert not list((tmp_path / "out").glob(".predictions.json.*"))  # shards cleaned up
@@ -115,6 +129,11 @@ def test_missing_corrupt_and_unreferenced_images_are_counted(
     assert metrics["skipped_no_refs"] == 1
     assert metrics["skipped"] == 3
     assert metrics["n_images"] == NUM_VAL - 2
+    # this copy has no instances file: CHAIR is left out, with the reason, and nothing fails
+    assert metrics["chair_i"] is None and metrics["chair_s"] is None
+    assert "not found" in metrics["chair_unavailable"]
+    low, high = metrics["cider_ci95"]
+    assert low <= metrics["cider"] <= high
     skipped_ids = {ann["images"][0]["id"], ann["images"][1]["id"], 999}
     assert not skipped_ids & set(_predictions(tmp_path / "out"))
 
@@ -175,7 +194,7 @@ def test_disabled_baseline_writes_a_stub_fast(demo_coco: Path, tiny_models: dict
 def test_unknown_ids_and_empty_captions_do_not_crash(demo_coco: Path,
                                                      tiny_models: dict[str, Path]) -> None:
     references = {1: ["a red circle.", "a small red circle"], 2: ["a blue square."]}
-    metrics, rows = score({1: "", 2: "a blue square", 77: "an image nobody knows"}, references,
+    metrics, rows, _ = score({1: "", 2: "a blue square", 77: "an image nobody knows"}, references,
                           ImageDataset([], Path(".")), clip_model_id=str(tiny_models["clip"]),
                           meteor=False, num_workers=0, device=torch.device("cpu"))
     assert metrics["n_images"] == 2 and metrics["n_empty"] == 1
@@ -184,8 +203,47 @@ def test_unknown_ids_and_empty_captions_do_not_crash(demo_coco: Path,
     assert [row["image_id"] for row in rows] == [1, 2]
     assert rows[0]["cider"] == 0.0 and rows[1]["bleu1"] > 0.99
 
-    nothing, rows = score({77: "x"}, references, ImageDataset([], Path(".")),
+    nothing, rows, _ = score({77: "x"}, references, ImageDataset([], Path(".")),
                           clip_model_id=str(tiny_models["clip"]),
                           meteor=False, num_workers=0, device=torch.device("cpu"))
     assert nothing["n_images"] == 0 and nothing["skipped_no_refs"] == 1 and rows == []
     assert "bleu4" not in nothing
+
+
+def test_chair_on_the_demo_counts_the_shapes_an_image_lacks(demo_coco: Path) -> None:
+    """Each val image captioned with the next image's first reference: its colour+shape
+    phrases are hallucinated exactly where this image has no shape of that colour and kind."""
+    captions = json.loads((demo_coco / "annotations/captions_val2017.json").read_text())
+    instances = json.loads((demo_coco / "annotations/instances_val2017.json").read_text())
+    names = {c["id"]: c["name"] for c in instances["categories"]}
+    shapes: dict[int, set[str]] = {}
+    for ann in instances["annotations"]:
+        shapes.setdefault(ann["image_id"], set()).add(names[ann["category_id"]])
+    references: dict[int, list[str]] = {}
+    for ann in captions["annotations"]:
+        references.setdefault(ann["image_id"], []).append(ann["caption"])
+    ids = sorted(references)
+    predictions = {i: references[ids[(n + 1) % len(ids)]][0] for n, i in enumerate(ids)}
+
+    metrics, rows, chair = score(predictions, references, ImageDataset([], Path(".")),
+                                 clip_model_id=None, meteor=False, num_workers=0,
+                                 device=torch.device("cpu"),
+                                 instances_path=demo_coco / "annotations/instances_val2017.json")
+
+    phrase = re.compile(r"\b(?:red|green|blue|yellow|purple|orange) (?:circle|square|triangle)")
+    named = {i: phrase.findall(predictions[i].lower()) for i in ids}
+    expected_wrong = {i: [p for p in named[i] if p not in shapes[i]] for i in ids}
+    assert {i: [m.text.lower() for m in chair[i].mentions] for i in ids} == named
+    assert {i: [m.text.lower() for m in chair[i].hallucinated] for i in ids} == expected_wrong
+    total = sum(map(len, named.values()))
+    assert metrics["chair_i"] == pytest.approx(sum(map(len, expected_wrong.values())) / total)
+    assert metrics["chair_s"] == pytest.approx(sum(bool(w) for w in expected_wrong.values())
+                                               / len(ids))
+    assert 0 < metrics["chair_s"] < 1  # some next-image captions happen to fit
+    assert [row["chair_hallucinated"] for row in rows] == [len(expected_wrong[i]) for i in ids]
+
+    own = {i: references[i][0] for i in ids}
+    exact, _, _ = score(own, references, ImageDataset([], Path(".")), clip_model_id=None,
+                        meteor=False, num_workers=0, device=torch.device("cpu"),
+                        instances_path=demo_coco / "annotations/instances_val2017.json")
+    assert (exact["chair_i"], exact["chair_s"]) == (0.0, 0.0)

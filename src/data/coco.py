@@ -99,23 +99,47 @@ class CocoInstance:
     size: str | None = None  # the demo's `attributes.size` ("small", "large"); COCO has none
 
 
+def _categories(payload: object, path: Path) -> dict[int, str]:
+    categories = {}
+    for index, record in enumerate(_field(payload, "categories", list, str(path))):
+        where = f"{path}: categories[{index}]"
+        categories[_field(record, "id", int, where)] = _field(record, "name", str, where)
+    return categories
+
+
+def _category_id(record: object, categories: dict[int, str], where: str) -> int:
+    category_id = _field(record, "category_id", int, where)
+    if category_id not in categories:
+        raise SchemaError(f"{where}: field 'category_id' {category_id} is not in 'categories'")
+    return category_id
+
+
+def load_image_categories(path: Path) -> tuple[tuple[str, ...], dict[int, frozenset[str]]]:
+    """Every category name of an `instances_*.json`, and per image the names of the categories
+    it holds, crowd annotations included (a crowd of people shows people)."""
+    path = Path(path)
+    payload = _read_json(path)
+    categories = _categories(payload, path)
+    present: dict[int, set[str]] = {}
+    for index, record in enumerate(_field(payload, "annotations", list, str(path))):
+        where = f"{path}: annotations[{index}]"
+        name = categories[_category_id(record, categories, where)]
+        present.setdefault(_field(record, "image_id", int, where), set()).add(name)
+    return (tuple(categories.values()),
+            {image_id: frozenset(names) for image_id, names in present.items()})
+
+
 def load_instances(path: Path) -> list[CocoInstance]:
     """Parse an `instances_*.json` into boxes named by category; crowd boxes are left out
     (they cover a group, as COCO's own evaluation treats them). Schema errors name the
     file, the record and the field."""
     path = Path(path)
     payload = _read_json(path)
-    categories = {}
-    for index, record in enumerate(_field(payload, "categories", list, str(path))):
-        where = f"{path}: categories[{index}]"
-        categories[_field(record, "id", int, where)] = _field(record, "name", str, where)
+    categories = _categories(payload, path)
     instances = []
     for index, record in enumerate(_field(payload, "annotations", list, str(path))):
         where = f"{path}: annotations[{index}]"
-        category_id = _field(record, "category_id", int, where)
-        if category_id not in categories:
-            raise SchemaError(f"{where}: field 'category_id' {category_id} is not in "
-                              "'categories'")
+        category_id = _category_id(record, categories, where)
         bbox = _field(record, "bbox", list, where)
         if len(bbox) != 4 or not all(isinstance(v, int | float) for v in bbox):
             raise SchemaError(f"{where}: field 'bbox' must be [x, y, width, height], got {bbox!r}")

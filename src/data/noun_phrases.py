@@ -34,12 +34,14 @@ class Phrase:
     span_end: int
 
 
-def load_spacy(name: str = "en_core_web_sm") -> Language:
-    """Load the tagger+parser only; falls back to the PyPI mirror of the small English model."""
+def load_spacy(name: str = "en_core_web_sm",
+               disable: tuple[str, ...] = ("ner", "lemmatizer")) -> Language:
+    """Load the small English model without the `disable`d pipes (by default the tagger and
+    parser only); falls back to its PyPI mirror."""
     candidates = [name, *(m for m in SPACY_MODELS if m != name)]
     for candidate in candidates:
         try:
-            return spacy.load(candidate, disable=["ner", "lemmatizer"])
+            return spacy.load(candidate, disable=list(disable))
         except OSError:
             continue
     raise RuntimeError(

@@ -1,7 +1,10 @@
-"""A qualitative picture of an evaluation: each image beside its prediction and references."""
+"""A qualitative picture of an evaluation: each image beside its prediction and references,
+with the prediction's marked spans (CHAIR's hallucinated objects) in red."""
 
 from __future__ import annotations
 
+import itertools
+import re
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +17,11 @@ WRAP_CHARS = 64  # characters per caption line at FONT_SIZE
 FONT_SIZE = 14
 LINE_HEIGHT = 18
 PAD = 8
+TITLE, PREDICTION, REFERENCE = (90, 90, 90), (10, 90, 10), (40, 40, 40)
+MARKED = (210, 20, 20)
+PREDICTION_LABEL = "pred: "
+
+Segment = tuple[str, tuple[int, int, int]]  # text and its colour
 
 
 @dataclass(frozen=True)
@@ -22,15 +30,44 @@ class GalleryRow:
     title: str  # e.g. the image id and its CIDEr
     prediction: str
     references: Sequence[str]
+    marked: Sequence[tuple[int, int]] = ()  # [start, end) character spans of `prediction`
 
 
-def _lines(row: GalleryRow) -> list[tuple[str, tuple[int, int, int]]]:
-    lines = [(row.title, (90, 90, 90))]
-    for label, text, color in [("pred", row.prediction, (10, 90, 10))] + [
-        ("ref", ref, (40, 40, 40)) for ref in row.references
-    ]:
-        wrapped = textwrap.wrap(f"{label}: {text or '(empty)'}", WRAP_CHARS) or [f"{label}:"]
-        lines += [(line, color) for line in wrapped]
+def _coloured(text: str, start: int, marked: Sequence[tuple[int, int]]) -> list[Segment]:
+    """`text` (found at `start` of the prediction) cut where marked spans begin and end."""
+    cuts = sorted({0, len(text), *(min(max(edge - start, 0), len(text))
+                                   for span in marked for edge in span)})
+    segments = []
+    for begin, end in itertools.pairwise(cuts):
+        inside = any(a <= start + begin and start + end <= b for a, b in marked)
+        segments.append((text[begin:end], MARKED if inside else PREDICTION))
+    return segments
+
+
+def _prediction_lines(prediction: str, marked: Sequence[tuple[int, int]]) -> list[list[Segment]]:
+    """The prediction wrapped at word boundaries like the other lines, keeping each word's
+    offset so marked spans land on the right characters."""
+    if not prediction.strip():
+        return [[(f"{PREDICTION_LABEL}(empty)", PREDICTION)]]
+    lines: list[list[Segment]] = [[(PREDICTION_LABEL.rstrip(), PREDICTION)]]
+    width = len(PREDICTION_LABEL.rstrip())
+    for word in re.finditer(r"\S+", prediction):
+        pieces = _coloured(word.group(), word.start(), marked)
+        if width + 1 + len(word.group()) > WRAP_CHARS:
+            lines.append(pieces)
+            width = len(word.group())
+        else:
+            lines[-1] += [(" ", PREDICTION), *pieces]
+            width += 1 + len(word.group())
+    return lines
+
+
+def _lines(row: GalleryRow) -> list[list[Segment]]:
+    lines = [[(row.title, TITLE)]]
+    lines += _prediction_lines(row.prediction, row.marked)
+    for ref in row.references:
+        lines += [[(line, REFERENCE)] for line in textwrap.wrap(f"ref: {ref or '(empty)'}",
+                                                                 WRAP_CHARS) or ["ref:"]]
     return lines
 
 
@@ -47,9 +84,11 @@ def render_gallery(rows: Sequence[GalleryRow]) -> Image.Image:
         thumb = row.image.copy()
         thumb.thumbnail((THUMB_SIDE, THUMB_SIDE))
         canvas.paste(thumb, (PAD, top + PAD))
-        for index, (line, color) in enumerate(lines):
-            draw.text((THUMB_SIDE + 2 * PAD, top + PAD + index * LINE_HEIGHT), line,
-                      fill=color, font=font)
+        for index, segments in enumerate(lines):
+            left = THUMB_SIDE + 2 * PAD
+            for text, color in segments:
+                draw.text((left, top + PAD + index * LINE_HEIGHT), text, fill=color, font=font)
+                left += draw.textlength(text, font=font)
         top += height
         draw.line([(0, top - 1), (width, top - 1)], fill=(220, 220, 220))
     return canvas

@@ -1,7 +1,8 @@
 """Caption COCO val2017 with LLaVA (base or + LoRA adapter) and print BLEU-4, CIDEr and the rest.
 
     python -m src.eval.evaluate_coco --model models/lora --images data/coco/val2017 \\
-        --ann data/coco/annotations/captions_val2017.json --num-examples 500 --batch-size 8
+        --ann data/coco/annotations/captions_val2017.json \\
+        --instances data/coco/annotations/instances_val2017.json --num-examples 500 --batch-size 8
     torchrun --nproc_per_node 4 -m src.eval.evaluate_coco ...   # data-parallel, same output
 
 Without `--model` it scores the zero-shot base model. Knobs not given on the command line
@@ -15,21 +16,23 @@ import argparse
 import logging
 from pathlib import Path
 
+from src.eval.intervals import format_interval
 from src.params import load_params, override
 
 LABELS = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
           "meteor": "METEOR", "rougeL": "ROUGE-L", "cider": "CIDEr",
           "cider_wrong_images": "CIDEr, wrong images", "clipscore": "CLIPScore",
-          "refclipscore": "RefCLIPScore"}
+          "refclipscore": "RefCLIPScore", "chair_i": "CHAIR_i", "chair_s": "CHAIR_s"}
 
 
 def format_table(metrics: dict[str, float | int]) -> str:
     """BLEU-4 and CIDEr (with its wrong-image control) first, then the other scores, then the
-    counts."""
+    counts; a score's 95 % bootstrap interval over images beside it."""
     first = ("bleu4", "cider", "cider_wrong_images")
     order = [*first, *(k for k in LABELS if k not in first)]
-    lines = [f"{LABELS[k]:<20}{metrics[k]:>9.4f}" if metrics[k] is not None
-             else f"{LABELS[k]:<20}unavailable" for k in order if k in metrics]
+    lines = [f"{LABELS[k]:<20}{metrics[k]:>9.4f}{format_interval(metrics, k)}"
+             if metrics[k] is not None else f"{LABELS[k]:<20}unavailable"
+             for k in order if k in metrics]
     lines += [f"{k:<20}{metrics[k]:>9d}" for k in ("n_images", "n_empty", "skipped")]
     return "\n".join(lines)
 
@@ -39,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, help="LoRA adapter dir; omit for the base model")
     parser.add_argument("--images", type=Path, required=True, help="val2017 image directory")
     parser.add_argument("--ann", type=Path, required=True, help="captions_val2017.json")
+    parser.add_argument("--instances", type=Path,
+                        help="instances_val2017.json, for CHAIR (left out when absent)")
     parser.add_argument("--model-id", help="base LLaVA hub id or dir [params: model_id]")
     parser.add_argument("--clip-model-id", help="CLIP for CLIPScore [params: clip_model_id]")
     parser.add_argument("--num-examples", type=int, help="0 = all [params: evaluate.*]")
@@ -73,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(params.seed)
     config = EvalConfig.from_params(params, adapter_dir=args.model, images_dir=args.images,
-                                    ann_path=args.ann, num_workers=args.num_workers)
+                                    ann_path=args.ann, num_workers=args.num_workers,
+                                    instances_path=args.instances)
     outputs = EvalOutputs(metrics=args.out, predictions=args.predictions,
                           per_image=args.per_image, gallery=args.gallery)
     with process_group(resolve_device()) as state:

