@@ -33,7 +33,7 @@ import yaml
 
 from src.data.atomic import atomic_write_text
 from src.eval.compare import Spread, Summary, difference, summarize
-from src.eval.intervals import LEVEL, NUM_RESAMPLES, Difference
+from src.eval.intervals import BOOTSTRAP_SEED, LEVEL, NUM_RESAMPLES, Difference
 
 # (column, metrics file, key): the headline numbers, in the order a threshold sweep reads them.
 # Regions kept are those the CLIP filter passes; region examples, those in the training set
@@ -180,7 +180,7 @@ def _spread(value: Spread | None) -> str:
 
 def render_comparisons(selected: list[dict[str, Any]], tables: dict[str, Tables],
                        reference: str | None = None, *, num_resamples: int = NUM_RESAMPLES,
-                       seed: int = 0) -> str:
+                       seed: int = BOOTSTRAP_SEED) -> str:
     """Markdown: per configuration, CIDEr/CHAIR mean ± sd over training seeds and the paired
     difference with the reference (seeds pooled per image); then per experiment, its paired
     difference with the reference run of the same training seed. `reference` is `KEY=VALUE`
@@ -237,7 +237,7 @@ def render_comparisons(selected: list[dict[str, Any]], tables: dict[str, Tables]
 
 
 def plot_csv(selected: list[dict[str, Any]], tables: dict[str, Tables], *,
-             num_resamples: int = NUM_RESAMPLES, seed: int = 0) -> str:
+             num_resamples: int = NUM_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> str:
     """Per `clip_threshold` (sorted): regions kept, CIDEr (mean over training seeds), the
     95 % interval over images of the seed-pooled CIDEr, the sd over seeds and the seed count
     (`dvc plots` reads it)."""

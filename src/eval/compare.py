@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from src.eval.intervals import (
+    BOOTSTRAP_SEED,
     LEVEL,
     NUM_RESAMPLES,
     Difference,
@@ -106,7 +107,7 @@ def _spread(runs: Sequence[pd.DataFrame], key: str) -> Spread | None:
 
 
 def difference(runs: Sequence[pd.DataFrame], references: Sequence[pd.DataFrame], *,
-               num_resamples: int = NUM_RESAMPLES, seed: int = 0, level: float = LEVEL
+               num_resamples: int = NUM_RESAMPLES, seed: int = BOOTSTRAP_SEED, level: float = LEVEL
                ) -> tuple[Difference, Difference | None, Difference | None]:
     """Paired CIDEr, CHAIR_i and CHAIR_s differences (runs minus references) over the same
     images, each side pooled over its training seeds; CHAIR ones None where not scored."""
@@ -121,7 +122,7 @@ def difference(runs: Sequence[pd.DataFrame], references: Sequence[pd.DataFrame],
 
 
 def summarize(runs: Sequence[pd.DataFrame], references: Sequence[pd.DataFrame] | None, *,
-              num_resamples: int = NUM_RESAMPLES, seed: int = 0, level: float = LEVEL
+              num_resamples: int = NUM_RESAMPLES, seed: int = BOOTSTRAP_SEED, level: float = LEVEL
               ) -> Summary:
     """One configuration's runs (one per training seed) against the reference's runs (None:
     this configuration is the reference)."""
