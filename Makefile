@@ -32,38 +32,49 @@ demo: setup
 	$(PY) -m tools.overrides configs/demo.yaml | xargs -d '\n' $(DVC) exp run --temp -n $$name && \
 	$(PY) -m tools.report --exp $$name
 
-# A grid of clip_threshold values, one queued DVC experiment each (run one at a time in temp
-# copies; detect and clip_score come from the run-cache), then the compact table and the plot.
+# A grid of clip_threshold values, one queued DVC experiment each per training seed (run one
+# at a time in temp copies; detect and clip_score come from the run-cache), then the compact
+# table, the paired differences against the base with their intervals, and the plot.
 # Queued only once the last queue worker has exited (tools/queue_idle.py says why).
 #   make sweep                                       # the demo (run `make demo` first)
+#   make sweep SEEDS=5                               # training seeds 0-4 per threshold
 #   make sweep PROFILE=coco GRID=0.22,0.26,0.30      # params.yaml as committed
 PROFILE ?= demo
 SWEEP_CONFIGS_demo := configs/demo.yaml configs/sweep-demo.yaml
 GRID_demo := 0.4,0.6,0.8
 GRID_coco := 0.22,0.26,0.30
 GRID ?= $(GRID_$(PROFILE))
+# Training seeds per configuration: 3 on the demo (the seed moves CIDEr more than the arms
+# do); one on COCO, where each seed is a full training run (README: cost per seed).
+SEEDS_demo := 3
+SEEDS_coco := 1
+SEEDS ?= $(SEEDS_$(PROFILE))
 sweep: export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 sweep: setup
 	$(PY) -m tools.queue_idle
 	name=sweep-$$(date +%Y%m%d-%H%M%S) && \
 	$(PY) -m tools.overrides $(SWEEP_CONFIGS_$(PROFILE)) --set clip_threshold=$(GRID) \
+	    --seeds $(SEEDS) \
 	    | xargs -d '\n' $(DVC) exp run --queue -n $$name && \
 	$(DVC) exp run --run-all -j 1 && \
 	$(PY) -m tools.report --prefix $$name- --plot plots/sweep/thresholds.csv
 
 # Does grounded augmentation help captioning? The same LoRA run on full-image examples only
 # (assemble.max_region_ratio=0) and on full-image + region examples (1.0), same steps, same
-# preprocessing, printed beside the zero-shot base.
+# preprocessing, each once per training seed, printed beside the zero-shot base with the paired
+# difference of each arm against full images only.
 #   make ablation                                    # the demo (run `make demo` first)
+#   make ablation SEEDS=5
 #   make ablation PROFILE=coco
 ablation: export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 ablation: setup
 	$(PY) -m tools.queue_idle
 	name=ablation-$$(date +%Y%m%d-%H%M%S) && \
 	$(PY) -m tools.overrides $(SWEEP_CONFIGS_$(PROFILE)) --set assemble.max_region_ratio=0,1.0 \
+	    --seeds $(SEEDS) \
 	    | xargs -d '\n' $(DVC) exp run --queue -n $$name && \
 	$(DVC) exp run --run-all -j 1 && \
-	$(PY) -m tools.report --prefix $$name-
+	$(PY) -m tools.report --prefix $$name- --reference assemble.max_region_ratio=0
 
 # Every plot (training curves, threshold sweeps, galleries) as one offline HTML page.
 plots: setup

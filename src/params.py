@@ -116,6 +116,7 @@ class AssembleParams:
 
 @dataclass(frozen=True)
 class TrainParams:
+    seed: int = _at_least_zero(" (training only; `seed` chooses the data)")
     epochs: int = _positive()
     max_steps: int = _at_least_zero(" (0 = train for `epochs`)")
     bsz: int = _positive()

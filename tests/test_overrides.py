@@ -6,9 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
-from tools.overrides import override_args
+from tools.overrides import main, override_args
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,3 +36,16 @@ def test_values_survive_dvc_exp_run(tmp_path: Path) -> None:
     written = yaml.safe_load((repo / "params.yaml").read_text())
     assert written == {"a": -0.2, "t": {"regex": overrides["t.regex"], "flag": True,
                                         "lr": 1.0e-3, "text": "it's {phrase}"}}
+
+
+def test_seeds_repeat_every_configuration_per_training_seed(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`make ablation SEEDS=3`: the arm grid, then training seeds 0, 1 and 2 (DVC queues the
+    cartesian product: 2 arms x 3 seeds)."""
+    main([str(REPO / "configs/sweep-demo.yaml"), "--set", "assemble.max_region_ratio=0,1.0",
+          "--seeds", "3"])
+    assert capsys.readouterr().out.splitlines() == [
+        "-S", "train.max_steps=600", "-S", "assemble.max_region_ratio=0,1.0",
+        "-S", "train.seed=0,1,2"]
+    with pytest.raises(SystemExit, match="--seeds 0"):
+        main(["--seeds", "0"])

@@ -228,3 +228,24 @@ def test_a_final_checkpoint_is_reused_only_by_the_same_code_and_config(
                        show_progress=False)
     assert changed["resumed_from_step"] == 0
     assert list(paths.checkpoint_dir.iterdir()) == []
+
+
+def test_the_training_seed_not_the_data_seed_decides_the_weights(
+        tiny_models, demo_coco: Path, train_file: Path, tmp_path: Path) -> None:
+    """`train.seed` drives LoRA init, data order and dropout; `seed` (data_seed here) only
+    picks the validation captions, so it changes the val loss and never a weight."""
+    runs = {"base": {}, "train_seed": {"seed": 1}, "data_seed": {"data_seed": 1}}
+    adapters, metrics = {}, {}
+    for name, change in runs.items():
+        config = tiny_config(tiny_models["llava"], max_steps=2, lora_dropout=0.1, val_examples=4,
+                             **change)
+        metrics[name] = finetune(config, demo_paths(demo_coco, train_file, tmp_path / name),
+                                 show_progress=False)
+        adapters[name] = _adapter(tmp_path / name)
+    same = [torch.equal(adapters["base"][key], adapters["data_seed"][key])
+            for key in adapters["base"]]
+    differ = [torch.equal(adapters["base"][key], adapters["train_seed"][key])
+              for key in adapters["base"] if "lora_" in key]
+    assert all(same) and not any(differ)
+    assert metrics["base"]["loss"] == metrics["data_seed"]["loss"] != metrics["train_seed"]["loss"]
+    assert metrics["base"]["val_loss"] != metrics["data_seed"]["val_loss"]

@@ -75,15 +75,16 @@ class FinetuneConfig(TrainParams):
     """params.yaml's `train` knobs plus what training needs from the rest of the file."""
 
     model_id: str
-    seed: int
+    data_seed: int  # params.yaml's `seed`: which val captions measure the validation loss
     val_prompt: str  # the full-image prompt, for the validation captions
     skip_malformed: bool = False  # count and skip malformed JSONL lines instead of failing
     drop_bad_masks: bool = False  # count and drop examples whose mask check fails
 
     @classmethod
     def from_params(cls, params: Params) -> FinetuneConfig:
-        """The `train` section plus model_id, seed and the full-image prompt."""
-        return cls(**asdict(params.train), model_id=params.model_id, seed=params.seed,
+        """The `train` section (its `seed` drives initialisation, LoRA initialisation, data
+        order and dropout) plus model_id, the data seed and the full-image prompt."""
+        return cls(**asdict(params.train), model_id=params.model_id, data_seed=params.seed,
                    val_prompt=params.caption_prompt)
 
 
@@ -162,7 +163,8 @@ def _setup_data(config: FinetuneConfig, paths: FinetunePaths, processor: Process
         raise ValueError(f"{paths.train_file}: no trainable example ({dropped.counts()})")
     _check_image_root(train_samples, paths.image_root)
     val_samples, val_dropped = encode_examples(
-        validation_examples(paths.val_ann, config.val_examples, config.val_prompt, config.seed),
+        validation_examples(paths.val_ann, config.val_examples, config.val_prompt,
+                            config.data_seed),
         processor, **encode)
     collate = Collate(processor.tokenizer.pad_token_id)
     train_set = CaptionDataset(train_samples, processor, paths.image_root)
