@@ -98,6 +98,8 @@ class ClipScoreParams:
     crop_pad_frac: float = _at_least_zero()
     caption_template: str = _rule(lambda v: "{phrase}" in v, "must contain {phrase}")
     batch_size: int = _positive()
+    num_workers: int = _at_least_zero(" (0 = crop in the main process)")
+    shard_size: int = _positive()
 
 
 @dataclass(frozen=True)

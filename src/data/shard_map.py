@@ -66,7 +66,9 @@ def model_digest(model: torch.nn.Module) -> str:
     hasher = hashlib.sha256(model.config.to_json_string(use_diff=False).encode("utf-8"))
     for name, tensor in sorted(model.state_dict().items()):
         hasher.update(name.encode("utf-8"))
-        hasher.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        # reshape: a 0-dim tensor (CLIP's logit_scale) has no byte view of its own
+        hasher.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+                      .tobytes())
     return hasher.hexdigest()
 
 
