@@ -28,10 +28,10 @@ from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
 from bench.timing import seconds
 from src.augment.grounding import (
+    canvas_batches,
     detect_shards,
     detection_loader,
     forward,
-    image_batches,
     plan_queries,
 )
 from src.augment.layout import find_image_dir
@@ -74,8 +74,7 @@ def bench_detect(model_dir: Path, plan_images: list, image_dir: Path, device: to
     max_text_len = model.config.max_text_len
     shards = [list(range(start, min(start + 256, len(plan_images))))
               for start in range(0, len(plan_images), 256)]
-    batches = [b for s in shards for b in image_batches(plan_images, s, batch_size,
-                                                        processor.image_processor)]
+    batches = canvas_batches(plan_images, shards, batch_size, processor.image_processor)
     prepared = list(detection_loader(plan_images, batches, image_dir, processor, max_text_len,
                                      num_workers=0))
     with torch.inference_mode():
@@ -103,7 +102,8 @@ def bench_detect(model_dir: Path, plan_images: list, image_dir: Path, device: to
     frame = pd.concat(frames, ignore_index=True)
     return {"stage": "detect", "batch": batch_size, "items": len(plan_images),
             "unit": "images", "loop_s": round(loop_s, 3), "forward_s": round(forward_s, 3),
-            "note": f"{len(frame) / len(plan_images):.0f} candidates/image"}, frame
+            "note": f"{len(frame) / len(plan_images):.0f} candidates/image, mean batch "
+                    f"{len(plan_images) / len(batches):.2f}"}, frame
 
 
 def bench_clip(model_dir: Path, regions: pd.DataFrame, image_dir: Path, device: torch.device,
