@@ -151,6 +151,12 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class LaunchParams:
+    num_processes: int = _positive()
+    config_file: str = _rule(lambda v: True, "")  # "" = accelerate's default config
+
+
+@dataclass(frozen=True)
 class Params:
     profile: str = _one_of("coco", "demo")
     seed: int = _at_least_zero()
@@ -169,6 +175,7 @@ class Params:
     assemble: AssembleParams
     train: TrainParams
     evaluate: EvaluateParams
+    launch: LaunchParams
 
 
 def _floor_below_thresholds(params: Params) -> str | None:

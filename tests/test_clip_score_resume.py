@@ -123,11 +123,11 @@ def test_two_processes_give_the_table_of_one(detections: Path, demo_coco: Path,
                                              tiny_models: dict[str, Path],
                                              tmp_path: Path) -> None:
     params = write_params(tmp_path / "params.yaml", tiny_models, **{
-        "clip_score.shard_size": 3, "clip_score.batch_size": 5})
+        "clip_score.shard_size": 3, "clip_score.batch_size": 5, "launch.num_processes": 2})
     out = tmp_path / "two.parquet"
-    command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu",
-               "--num_processes", "2", "--main_process_port", "29518",
-               "-m", "src.augment.clip_score", "--detections", str(detections),
+    # Through the launcher, as dvc.yaml runs the stage: it reads launch.num_processes.
+    command = [sys.executable, "-m", "src.launch", "src.augment.clip_score",
+               "--detections", str(detections),
                "--coco-root", str(demo_coco), "--shards-dir", str(tmp_path / "two_shards"),
                "--out", str(out), "--params", str(params), "--device", "cpu"]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
@@ -135,7 +135,10 @@ def test_two_processes_give_the_table_of_one(detections: Path, demo_coco: Path,
     assert done.returncode == 0, done.stderr[-3000:]
     assert "on this process of 2" in done.stderr
     two = read_table(out)
-    one = read_table(run_clip(demo_coco, detections, params, tmp_path / "one.parquet"))
+    one = read_table(run_clip(demo_coco, detections, write_params(
+        tmp_path / "one.yaml", tiny_models, **{"clip_score.shard_size": 3,
+                                               "clip_score.batch_size": 5}),
+        tmp_path / "one.parquet"))
     pd.testing.assert_frame_equal(two[0], one[0])
     assert two[1] == one[1]
 
