@@ -1,6 +1,7 @@
 """`dvc repro` on two CPU processes (gloo) through launch.num_processes: detect, clip_score,
-train and both evaluations run on two processes and give one process's outputs, and the
-count never makes DVC re-run a stage. The demo DAG at 12 train and 4 val images."""
+train and both evaluations run on two processes and give one process's outputs (train at
+the same global batch), and the count never makes DVC re-run a stage. The demo DAG at 12
+train and 4 val images."""
 
 from __future__ import annotations
 
@@ -80,7 +81,9 @@ SMALL = {"demo.num_train": 12, "demo.num_val": 4, "detect.num_workers": 0,
 @pytest.mark.slow
 def test_dvc_repro_on_two_processes_gives_the_outputs_of_one(tmp_path: Path) -> None:
     one = _copy_repo(tmp_path / "one", **SMALL)
-    two = _copy_repo(tmp_path / "two", **SMALL, **{"launch.num_processes": 2})
+    # Train's global batch is train.bsz x processes (src/train/recipe.py), so the count is
+    # output-neutral for train only at the same global batch: 8 x 1 process = 4 x 2.
+    two = _copy_repo(tmp_path / "two", **SMALL, **{"launch.num_processes": 2, "train.bsz": 4})
     _dvc(one, "repro")
     log = _dvc(two, "repro")
     assert log.count("on this process of 2") >= 4  # detect, clip_score, evaluate, evaluate_base

@@ -39,6 +39,7 @@ def run(params: Params, detections_path: Path, coco_root: Path, shards_dir: Path
     from src.augment.layout import find_image_dir
     from src.augment.regions import (
         SCORE_DTYPES,
+        crop_numbers,
         drop_small_boxes,
         region_caption,
         region_image_digest,
@@ -83,7 +84,7 @@ def run(params: Params, detections_path: Path, coco_root: Path, shards_dir: Path
             return
         scores, skips = merged
         remove_stale_shards(shards_dir, run_id)
-        regions["crop"] = regions.groupby("image_id", sort=False).cumcount()
+        regions["crop"] = crop_numbers(regions)
         # Inner join in the regions' order: an unreadable image's rows have no score.
         scored = regions.merge(scores, on=list(SCORE_DTYPES)[:2], how="inner",
                                validate="one_to_one").drop(columns="crop")

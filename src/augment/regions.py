@@ -127,6 +127,12 @@ def crop_batches(loaded: Iterable[tuple[np.ndarray, torch.Tensor | Skip]], batch
 SCORE_DTYPES = {"image_id": "int64", "crop": "int64", "clip_score": "float32"}
 
 
+def crop_numbers(regions: pd.DataFrame) -> np.ndarray:
+    """Each row's position among its image's rows: with the image id, the key that joins a
+    stored score to its row (the image's digest fixes its rows' order)."""
+    return regions.groupby("image_id", sort=False).cumcount().to_numpy(dtype=np.int64)
+
+
 def scores_frame(image_ids: np.ndarray, crops: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
     """A shard's rows: (image id, crop = the row's position among its image's rows, score)."""
     return pd.DataFrame({"image_id": image_ids, "crop": crops, "clip_score": scores},
@@ -147,7 +153,7 @@ def score_shards(model: torch.nn.Module, processor: ProcessorMixin, regions: pd.
     """
     captions = regions["caption"].tolist()
     image_ids = regions["image_id"].to_numpy(dtype=np.int64)
-    crops = regions.groupby("image_id", sort=False).cumcount().to_numpy(dtype=np.int64)
+    crops = crop_numbers(regions)
     scores = np.full(len(regions), np.nan, dtype=np.float32)
     loaded = iter(crop_loader([images[p] for shard in shards for p in shard], image_dir,
                               processor, pad_frac, num_workers))
@@ -158,6 +164,6 @@ def score_shards(model: torch.nn.Module, processor: ProcessorMixin, regions: pd.
                                                 [captions[i] for i in rows]).numpy()
             if on_rows:
                 on_rows(len(rows))
-        rows = np.concatenate([images[p].rows for p in shard])
-        rows = rows[~np.isnan(scores[rows])]  # an unreadable image's rows stay NaN
-        yield list(shard), scores_frame(image_ids[rows], crops[rows], scores[rows]), skips
+        done = np.concatenate([images[p].rows for p in shard])
+        done = done[~np.isnan(scores[done])]  # an unreadable image's rows stay NaN
+        yield list(shard), scores_frame(image_ids[done], crops[done], scores[done]), skips
