@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import tempfile
+from itertools import islice
 from pathlib import Path
 
 import pandas as pd
@@ -27,18 +28,24 @@ from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
 from bench.timing import seconds
 from src.augment.grounding import (
+    canvas_batches,
     detect_shards,
     detection_loader,
     forward,
-    image_batches,
     plan_queries,
 )
 from src.augment.layout import find_image_dir
-from src.augment.regions import crop_batches, crop_loader, drop_small_boxes, score_regions
+from src.augment.regions import (
+    crop_batches,
+    crop_loader,
+    drop_small_boxes,
+    region_images,
+    score_shards,
+)
 from src.data.shard_map import write_shard
 from src.demo.tiny import build_real_models, build_tiny_models
 from src.models.clip import load_clip, paired_cosine_pixels
-from src.models.device_policy import detector_autocast_dtype
+from src.models.device_policy import clip_dtype, detector_autocast_dtype
 from src.models.hub import load_pretrained
 
 MODELS = ("grounding-dino", "clip")
@@ -67,8 +74,7 @@ def bench_detect(model_dir: Path, plan_images: list, image_dir: Path, device: to
     max_text_len = model.config.max_text_len
     shards = [list(range(start, min(start + 256, len(plan_images))))
               for start in range(0, len(plan_images), 256)]
-    batches = [b for s in shards for b in image_batches(plan_images, s, batch_size,
-                                                        processor.image_processor)]
+    batches = canvas_batches(plan_images, shards, batch_size, processor.image_processor)
     prepared = list(detection_loader(plan_images, batches, image_dir, processor, max_text_len,
                                      num_workers=0))
     with torch.inference_mode():
@@ -96,20 +102,34 @@ def bench_detect(model_dir: Path, plan_images: list, image_dir: Path, device: to
     frame = pd.concat(frames, ignore_index=True)
     return {"stage": "detect", "batch": batch_size, "items": len(plan_images),
             "unit": "images", "loop_s": round(loop_s, 3), "forward_s": round(forward_s, 3),
-            "note": f"{len(frame) / len(plan_images):.0f} candidates/image"}, frame
+            "note": f"{len(frame) / len(plan_images):.0f} candidates/image, mean batch "
+                    f"{len(plan_images) / len(batches):.2f}"}, frame
 
 
 def bench_clip(model_dir: Path, regions: pd.DataFrame, image_dir: Path, device: torch.device,
-               batch_size: int, num_workers: int) -> dict:
-    model, processor = load_clip(str(model_dir), device,
-                                 torch.float16 if device.type == "cuda" else torch.float32)
-    prepared = list(crop_batches(crop_loader(regions, image_dir, processor, 0.1, 0), batch_size,
-                                 on_skip=lambda skip: None))
+               batch_size: int, num_workers: int, work: Path) -> dict:
+    """The clip_score stage's loop (score_shards, shards of 256 images written as the stage
+    writes them) against the bare CLIP forwards on the very same batches, built beforehand."""
+    model, processor = load_clip(str(model_dir), device, clip_dtype(device))
+    images = region_images(regions)
+    shards = [list(range(start, min(start + 256, len(images))))
+              for start in range(0, len(images), 256)]
     captions = regions["caption"].tolist()
+    loader = iter(crop_loader([images[p] for shard in shards for p in shard], image_dir,
+                              processor, 0.1, 0))
+    prepared = [batch for shard in shards
+                for batch in crop_batches(islice(loader, len(shard)), batch_size,
+                                          on_skip=lambda skip: None)]
     paired_cosine_pixels(model, processor, prepared[0][1], [captions[i] for i in prepared[0][0]])
-    loop_s = seconds(lambda: score_regions(model, processor, regions, image_dir, pad_frac=0.1,
-                                         batch_size=batch_size, num_workers=num_workers,
-                                         on_skip=lambda skip: None), device)
+
+    def loop() -> None:
+        for shard, frame, skips in score_shards(model, processor, regions, images, shards,
+                                                image_dir, pad_frac=0.1, batch_size=batch_size,
+                                                num_workers=num_workers):
+            write_shard(work / f"clip-shards-{batch_size}", "bench",
+                        [(images[p].image_id, "") for p in shard], frame, skips)
+
+    loop_s = seconds(loop, device)
 
     def forwards() -> None:
         for rows, pixels in prepared:
@@ -117,7 +137,7 @@ def bench_clip(model_dir: Path, regions: pd.DataFrame, image_dir: Path, device: 
 
     return {"stage": "clip_score", "batch": batch_size, "items": len(regions), "unit": "crops",
             "loop_s": round(loop_s, 3), "forward_s": round(seconds(forwards, device), 3),
-            "note": ""}
+            "note": f"{len(set(captions)) / len(images):.1f} distinct captions/image"}
 
 
 def measure(paths: dict[str, Path], phrases: pd.DataFrame, coco_root: Path,
@@ -136,11 +156,11 @@ def measure(paths: dict[str, Path], phrases: pd.DataFrame, coco_root: Path,
                                          batch_size, num_workers, floor, Path(work))
             rows.append(result)
             regions = frame if regions is None else regions
-    regions = drop_small_boxes(regions, 0.02).head(max_crops).reset_index(drop=True)
-    regions["caption"] = regions["phrase"]
-    for batch_size in clip_batch_sizes:
-        rows.append(bench_clip(paths["clip"], regions, image_dir, device, batch_size,
-                               num_workers))
+        regions = drop_small_boxes(regions, 0.02).head(max_crops).reset_index(drop=True)
+        regions["caption"] = regions["phrase"]
+        for batch_size in clip_batch_sizes:
+            rows.append(bench_clip(paths["clip"], regions, image_dir, device, batch_size,
+                                   num_workers, Path(work)))
     return rows
 
 

@@ -103,6 +103,8 @@ class ClipScoreParams:
     crop_pad_frac: float = _at_least_zero()
     caption_template: str = _rule(lambda v: "{phrase}" in v, "must contain {phrase}")
     batch_size: int = _positive()
+    num_workers: int = _at_least_zero(" (0 = crop in the main process)")
+    shard_size: int = _positive()
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,12 @@ class WeightsParams:
 
 
 @dataclass(frozen=True)
+class LaunchParams:
+    num_processes: int = _positive()
+    config_file: str = _rule(lambda v: True, "")  # "" = accelerate's default config
+
+
+@dataclass(frozen=True)
 class Params:
     profile: str = _one_of("coco", "demo")
     seed: int = _at_least_zero()
@@ -184,6 +192,7 @@ class Params:
     assemble: AssembleParams
     train: TrainParams
     evaluate: EvaluateParams
+    launch: LaunchParams
 
 
 def _floor_below_thresholds(params: Params) -> str | None:

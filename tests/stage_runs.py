@@ -23,6 +23,7 @@ def write_params(path: Path, models: dict[str, Path], **changes: object) -> Path
     raw.update(profile="demo", max_images=0, detector_id=str(models["grounding-dino"]),
                clip_model_id=str(models["clip"]))
     raw["detect"].update(batch_size=4, shard_size=8, num_workers=0)
+    raw["clip_score"].update(shard_size=8, num_workers=0)
     for key, value in changes.items():
         *parents, leaf = key.split(".")
         node = raw
@@ -50,7 +51,8 @@ def run_detect(coco_root: Path, work: Path, params: Path, name: str = "detection
 
 def run_clip(coco_root: Path, detections: Path, params: Path, out: Path) -> Path:
     clip_score.main(["--detections", str(detections), "--coco-root", str(coco_root),
-                     "--out", str(out), "--params", str(params), "--device", "cpu"])
+                     "--shards-dir", str(out.with_suffix(".shards")), "--out", str(out),
+                     "--params", str(params), "--device", "cpu"])
     return out
 
 

@@ -1,4 +1,5 @@
-"""Detection helpers: box conversion and clamping, per-image canvases, batching by canvas."""
+"""Detection helpers: box conversion and clamping, per-image canvases, batching by canvas
+(within a shard and across a process's shards)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ from types import SimpleNamespace
 
 import torch
 
-from src.augment.grounding import ImageQueries, boxes_to_pixels, canvas_size, image_batches
+from src.augment.grounding import (
+    ImageQueries,
+    boxes_to_pixels,
+    canvas_batches,
+    canvas_size,
+    image_batches,
+)
 
 
 def test_boxes_become_pixel_xyxy_clamped_to_the_image() -> None:
@@ -41,3 +48,21 @@ def test_batches_hold_one_canvas_each() -> None:
     images = [ImageQueries(i, f"{i}.jpg", w, h, (), ()) for i, (w, h) in enumerate(sizes)]
     batches = image_batches(images, range(len(images)), 2, PROCESSOR)
     assert batches == [[0, 2], [3, 5], [4], [1]]  # canvases 800x1088 (x4), 800x1216, 1088x800
+
+
+def test_batches_fill_across_shards_and_wait_at_most_lag_shards() -> None:
+    # L = 640x480 (canvas 800x1088), P = 480x640 (1088x800), W = 640x427 (800x1216).
+    sizes = [(640, 480), (480, 640), (640, 480), (640, 427),  # shard 0: L P L W
+             (480, 640), (640, 480),  # shard 1: P L
+             (640, 480), (640, 427),  # shard 2: L W
+             (640, 480)]  # shard 3: L
+    images = [ImageQueries(i, f"{i}.jpg", w, h, (), ()) for i, (w, h) in enumerate(sizes)]
+    shards = [[3, 2, 1, 0], [4, 5], [6, 7], [8]]  # each shard's images run by image id
+    # lag 1: W 3 waits one shard and goes alone; L 5 waits for L 6 of the next shard;
+    # at the end the partial batches go in canvas order.
+    assert canvas_batches(images, shards, 2, PROCESSOR, lag=1) == [
+        [0, 2], [1, 4], [3], [5, 6], [8], [7]]
+    # lag 0: no image waits: the batches of each shard alone.
+    assert canvas_batches(images, shards, 2, PROCESSOR, lag=0) == [
+        batch for shard in shards for batch in image_batches(images, shard, 2, PROCESSOR)]
+    assert len(canvas_batches(images, shards, 2, PROCESSOR, lag=0)) == 8

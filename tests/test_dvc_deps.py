@@ -26,11 +26,19 @@ STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages
 
 def missing_deps(stage: dict) -> list[str]:
     """The project files the stage's command imports that none of its deps covers."""
-    words = stage["cmd"].split()
-    module = words[words.index("-m") + 1]
     deps = [REPO / dep for dep in stage.get("deps", [])]
-    return sorted(str(path.relative_to(REPO)) for path in project_files(module)
+    return sorted(str(path.relative_to(REPO)) for path in stage_files(stage)
                   if not any(path == dep or dep in path.parents for dep in deps))
+
+
+def stage_files(stage: dict) -> set[Path]:
+    """The project files a stage's command runs: its `-m` module's, and with the launcher
+    (`python -m src.launch MODULE ...`) the launched module's too."""
+    words = stage["cmd"].split()
+    modules = words[words.index("-m") + 1:words.index("-m") + 3]
+    if modules[0] != "src.launch":
+        modules = modules[:1]
+    return set().union(*(project_files(module) for module in modules))
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
@@ -45,6 +53,12 @@ def test_a_removed_dep_is_found() -> None:
         dep for dep in stage["deps"] if dep != "src/params.py"]})
     covered_by_dir = {**stage, "deps": [*stage["deps"], "src"]}
     assert missing_deps(covered_by_dir) == []
+
+
+def test_the_launched_module_is_followed() -> None:
+    assert "src/augment/grounding.py" in missing_deps({"cmd": "python -m src.launch "
+                                                       "src.augment.detect --out x",
+                                                       "deps": ["src/launch.py"]})
 
 
 def test_function_level_imports_are_followed() -> None:
@@ -91,7 +105,5 @@ def test_committed_lock_matches_the_tracked_deps() -> None:
 @pytest.mark.parametrize("name", sorted(set(STAGES) - {"demo"}))
 def test_pipeline_stages_never_import_the_demo_package(name: str) -> None:
     """The synthetic world sits above the pipeline: src/demo may import it, never the reverse."""
-    words = STAGES[name]["cmd"].split()
     demo = REPO / "src" / "demo"
-    assert not [path for path in project_files(words[words.index("-m") + 1])
-                if demo in path.parents]
+    assert not [path for path in stage_files(STAGES[name]) if demo in path.parents]

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     phrases.run(params, captions_path, work / "captions.parquet", work / "phrases.parquet")
     detect.run(params, work / "phrases.parquet", args.coco_root, work / "detect_shards",
                work / "detections.parquet", args.device)
-    clip_score.run(params, work / "detections.parquet", args.coco_root,
+    clip_score.run(params, work / "detections.parquet", args.coco_root, work / "clip_shards",
                    work / "regions.parquet", args.device)
     instances = args.coco_root / "annotations" / f"instances_{args.split}2017.json"
     assemble.run(params, work / "captions.parquet", work / "regions.parquet", args.coco_root,

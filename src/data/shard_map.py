@@ -1,8 +1,8 @@
 """A resumable, data-parallel map over work items: finished work is kept, shard by shard.
 
-Work items (images to detect in, images to caption) are dealt in shards of `shard_size`
-to the accelerate processes, round robin. A process writes each shard as soon as it is
-done: one Parquet file (atomically), whose metadata is its manifest: the run's
+Work items (images to detect in, to score the crops of, to caption) are dealt in shards
+of `shard_size` to the accelerate processes, round robin. A process writes each shard as
+soon as it is done: one Parquet file (atomically), whose metadata is its manifest: the run's
 fingerprint, the shard's items with their digests, and the items skipped with reasons.
 A killed run loses at most the shards in flight. The next run reads every manifest in
 the folder, redoes only the items no finished shard of the same run holds, and the

@@ -57,7 +57,7 @@ MODEL_NAMES = ("grounding-dino", "clip", "llava")
 # Published configs of IDEA-Research/grounding-dino-tiny, openai/clip-vit-base-patch32 and
 # llava-hf/llava-1.5-7b-hf (config.json + preprocessor_config.json).
 REAL_CONFIG_DIRS = {
-    name: Path(__file__).parent / "configs" / dirname
+    name: Path(__file__).parents[1] / "models" / "configs" / dirname
     for name, dirname in zip(
         MODEL_NAMES,
         ("grounding-dino-tiny", "clip-vit-base-patch32", "llava-1.5-7b-hf"),

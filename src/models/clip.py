@@ -59,9 +59,14 @@ def paired_cosine_pixels(
     model: CLIPModel, processor: ProcessorMixin, pixel_values: torch.Tensor, texts: Sequence[str]
 ) -> torch.Tensor:
     """cos(image_i, text_i) for each pair of images preprocessed with `image_pixels` and
-    texts, as a CPU float32 tensor of shape (n,)."""
+    texts, as a CPU float32 tensor of shape (n,).
+
+    The text tower runs once per distinct text: regions of one image share its few
+    phrases, so a batch of crops holds far fewer captions than crops."""
     if len(pixel_values) != len(texts):
         raise ValueError(f"{len(pixel_values)} images but {len(texts)} texts")
+    distinct = {text: n for n, text in enumerate(dict.fromkeys(texts))}
     image_emb = embed_pixels(model, pixel_values)
-    text_emb = embed_texts(model, processor, texts)
-    return (image_emb * text_emb).sum(dim=-1).cpu()
+    text_emb = embed_texts(model, processor, list(distinct))
+    rows = torch.tensor([distinct[text] for text in texts], device=text_emb.device)
+    return (image_emb * text_emb[rows]).sum(dim=-1).cpu()
