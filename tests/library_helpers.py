@@ -43,3 +43,12 @@ def encode_example(tokenizer: PreTrainedTokenizerBase, prompt: str, caption: str
     if isinstance(encoded, MaskError):
         raise encoded
     return encoded
+
+
+def flat_metrics(metrics: dict) -> dict:
+    """Intervals ([low, high]) as two keys, so pytest.approx can compare metrics dicts."""
+    flat = {}
+    for key, value in metrics.items():
+        flat.update({f"{key}_{n}": v for n, v in enumerate(value)} if isinstance(value, list)
+                    else {key: value})
+    return flat

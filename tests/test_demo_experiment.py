@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from itertools import dropwhile, takewhile
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,9 @@ def _run(command: list[str], cwd: Path, env: dict[str, str]) -> str:
 
 
 def _table(text: str) -> dict[str, dict[str, str]]:
-    """The report's Markdown table: experiment -> {column: cell}."""
-    lines = [line for line in text.splitlines() if line.startswith("|")]
+    """The report's first Markdown table (the compact one): experiment -> {column: cell}."""
+    lines = list(takewhile(lambda line: line.startswith("|"),
+                           dropwhile(lambda line: not line.startswith("|"), text.splitlines())))
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
     return {row[0]: dict(zip(header, row, strict=True)) for row in rows}

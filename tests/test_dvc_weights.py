@@ -41,7 +41,7 @@ def _paths(entries: list) -> list[str]:
 
 def _build(root: Path, folders: dict[str, str]) -> Path:
     """The pipeline on the demo profile with the models' weights in `folders`, committed."""
-    for name in ("dvc.yaml", "params.yaml", "src", "stages", "assets", "configs"):
+    for name in ("dvc.yaml", "params.yaml", "src", "assets", "configs"):
         copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
         copy(REPO / name, root / name)
     params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from library_helpers import flat_metrics
 from peft import LoraConfig, get_peft_model
 
 from src.eval import evaluate_coco
@@ -44,15 +45,6 @@ def _args(coco: Path, out: Path, tiny_models: dict[str, Path], *extra: str) -> l
             "--batch-size", "4", "--max-new-tokens", "8", "--no-meteor",
             "--out", str(out / "metrics.json"), "--predictions", str(out / "predictions.json"),
             "--params", str(REPO / "params.yaml"), *extra]
-
-
-def _flat(metrics: dict) -> dict:
-    """Intervals ([low, high]) as two keys, so pytest.approx can compare the metrics."""
-    flat = {}
-    for key, value in metrics.items():
-        flat.update({f"{key}_{n}": v for n, v in enumerate(value)} if isinstance(value, list)
-                    else {key: value})
-    return flat
 
 
 def _predictions(out: Path) -> dict[int, str]:
@@ -136,7 +128,7 @@ def test_two_processes_give_the_same_predictions(demo_coco: Path, tiny_models: d
     assert len(_predictions(tmp_path / "procs1")) == 8
     one = json.loads((tmp_path / "procs1/metrics.json").read_text())
     two = json.loads((tmp_path / "procs2/metrics.json").read_text())
-    assert _flat(one) == pytest.approx(_flat(two))
+    assert flat_metrics(one) == pytest.approx(flat_metrics(two))
 
 
 @pytest.mark.slow

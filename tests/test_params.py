@@ -210,7 +210,7 @@ def test_infinite_lr_is_refused_before_any_model_loads(tmp_path: Path, command: 
     ("finetune", ["--lora-r", "-4"], "train.lora_r=-4: must be > 0"),
     ("finetune", ["--lora-target", "(q_proj"], "train.lora_target='(q_proj': must be a valid"),
     ("finetune", ["--lr", "inf"], "train.lr=inf: must be a finite number"),
-    ("finetune", ["--seed", "1099511627776"], "train.seed=1099511627776: must be in [0, 4294967295]"),
+    ("finetune", ["--seed", "1099511627776"], "train.seed=1099511627776: must be in"),
     ("evaluate", ["--num-examples", "-3"], "evaluate.num_examples=-3: must be >= 0"),
     ("evaluate", ["--num-beams", "0"], "evaluate.num_beams=0: must be > 0"),
 ])
