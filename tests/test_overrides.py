@@ -45,7 +45,7 @@ def test_seeds_repeat_every_configuration_per_training_seed(
     main([str(REPO / "configs/sweep-demo.yaml"), "--set", "assemble.max_region_ratio=0,1.0",
           "--seeds", "3"])
     assert capsys.readouterr().out.splitlines() == [
-        "-S", "train.max_steps=600", "-S", "assemble.max_region_ratio=0,1.0",
+        "-S", "train.max_steps=800", "-S", "assemble.max_region_ratio=0,1.0",
         "-S", "train.seed=0,1,2"]
     with pytest.raises(SystemExit, match="--seeds 0"):
         main(["--seeds", "0"])

@@ -7,7 +7,9 @@ On a demo split the training never drew (the demo stage's val split), with its g
   its phrase scores highest has IoU >= 0.5 with it;
 - CLIP: each shape is cropped as the clip_score stage crops it (`crop_box` with the stage's
   context padding) and must score its own phrase above 9 distractors naming another colour
-  or another kind. Size words are not tested: a padded crop does not show absolute size.
+  or another kind. Size words are not tested: a padded crop does not show absolute size;
+- CLIPScore: each whole image must score one of its own captions above a caption of another
+  image (one that does not share that caption), both scored as the eval stage scores them.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from src.data.coco import CocoInstance, load_captions, load_instances, resolve_i
 from src.data.images import crop_box, load_rgb
 from src.demo.train_clip import object_name
 from src.demo.training import PHRASES
+from src.eval.clipscore import clip_s, with_prefix
 from src.models.clip import embed_images, embed_texts
 
 IOU_MATCH = 0.5
@@ -104,3 +107,36 @@ def clip_accuracy(model: CLIPModel, processor: ProcessorMixin, coco_root: Path, 
     own = [scores[PHRASES.index(p)] for scores, p in zip(cosines.tolist(), phrases, strict=True)]
     return {"clip_top1_of_10": float(np.mean(correct)), "clip_mean_cos_own": float(np.mean(own)),
             "clip_mean_cos_other": float(cosines.mean()), "clip_crops": len(phrases)}
+
+
+def _caption_pairs(captions: dict[int, list[str]], seed: int) -> list[tuple[int, str, str]]:
+    """(image, one of its captions, a caption of another image that it lacks), seeded."""
+    rng = random.Random(f"{seed}-clipscore-eval")
+    ids = sorted(captions)
+    pairs = []
+    for image_id in ids:
+        own = rng.choice(captions[image_id])
+        others = [i for i in ids if i != image_id
+                  and own.lower() not in (c.lower() for c in captions[i])]
+        pairs.append((image_id, own, rng.choice(captions[rng.choice(others)])))
+    return pairs
+
+
+@torch.inference_mode()
+def clipscore_ranking(model: CLIPModel, processor: ProcessorMixin, coco_root: Path, split: str,
+                      seed: int) -> dict[str, float]:
+    """Share of images whose CLIPScore ranks their own caption above another image's."""
+    caption_set = load_captions(coco_root / "annotations" / f"captions_{split}2017.json")
+    captions = {image_id: [c.caption for c in rows]
+                for image_id, rows in caption_set.by_image().items()}
+    pairs = _caption_pairs(captions, seed)
+    image_dir = coco_root / f"{split}2017"
+    images = [load_rgb(resolve_image_path(image_dir, caption_set.images[i].file_name))
+              for i, _, _ in pairs]
+    image_emb = embed_images(model, processor, images)
+    own = clip_s(image_emb, embed_texts(model, processor, [with_prefix(o) for _, o, _ in pairs]))
+    other = clip_s(image_emb,
+                   embed_texts(model, processor, [with_prefix(w) for _, _, w in pairs]))
+    return {"clipscore_own_above_other": float((own > other).float().mean()),
+            "clipscore_own_caption": float(own.mean()),
+            "clipscore_other_caption": float(other.mean()), "clipscore_images": len(pairs)}

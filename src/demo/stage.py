@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", type=Path, required=True,
                         help="trained weights (assets/demo_models)")
     parser.add_argument("--metrics", type=Path, required=True,
-                        help="held-out detector recall and CLIP accuracy (JSON)")
+                        help="held-out detector recall, CLIP accuracy and CLIPScore ranking "
+                             "(JSON)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     params = load_params(args.params)
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
     from src.data.atomic import atomic_write_json
-    from src.demo.heldout import clip_accuracy, detector_recall
+    from src.demo.heldout import clip_accuracy, clipscore_ranking, detector_recall
     from src.demo.synthetic_coco import write_demo
     from src.demo.tiny import build_tiny_models
     from src.demo.training import reproducible
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         clip, processor = load_clip(str(models["clip"]), torch.device("cpu"))
         metrics |= clip_accuracy(clip, processor, args.out, "val",
                                  params.clip_score.crop_pad_frac, params.seed)
+        metrics |= clipscore_ranking(clip, processor, args.out, "val", params.seed)
     atomic_write_json(args.metrics, metrics)
     print(f"demo: {params.demo.num_train} train + {params.demo.num_val} val images, "
           f"models {', '.join(str(p) for p in models.values())}; held-out: "

@@ -132,7 +132,7 @@ def _draw(shapes: list[Shape], background: str, width: int, height: int) -> Imag
     return image
 
 
-def _captions(rng: random.Random, shapes: list[Shape], background: str) -> list[str]:
+def scene_captions(rng: random.Random, shapes: list[Shape], background: str) -> list[str]:
     """Five captions, each from a different template; multi-shape ones name two shapes."""
     if len(shapes) == 1:
         a = shapes[0]
@@ -193,7 +193,7 @@ def write_split(out_dir: Path, split: str, num_images: int, seed: int, first_id:
         atomic_write_bytes(image_dir / file_name, jpeg_bytes(scene.image))
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height,
                        "license": 0})
-        for text in _captions(rng, shapes, background):
+        for text in scene_captions(rng, shapes, background):
             captions.append({"id": len(captions) + 1 + first_id * 10, "image_id": image_id,
                              "caption": text[0].upper() + text[1:]})
         for shape in shapes:

@@ -1,4 +1,5 @@
-"""Contrastive training of the demo's tiny CLIP: shape crops against every demo phrase.
+"""Contrastive training of the demo's tiny CLIP: shape crops against every demo phrase, and
+full pictures against their captions.
 
 Each step draws fresh demo pictures and crops every shape as the clip_score stage does
 (`crop_box` with its context padding, CLIP's own preprocessing), with the box jittered as a
@@ -6,6 +7,11 @@ detector's would be. Every crop is scored against all 36 phrases, so the phrases
 colour or a wrong shape are the negatives, in both directions (crop -> phrases and
 phrase -> crops). A phrase that differs only in size counts as a positive: a crop padded by
 a fraction of its own box shows a small and a large shape alike, so no model could tell.
+
+Each step also draws fresh whole pictures, each with one of its five captions worded as
+CLIPScore words it ("A photo depicts ..."), and scores every picture against every caption
+of the batch: so CLIPScore ranks a picture's own caption above another's, and the encoder,
+which is also the demo LLaVA's vision tower, learns what a whole picture shows.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from PIL import Image
 from transformers import CLIPModel, ProcessorMixin
 
 from src.data.images import crop_box
+from src.demo.synthetic_coco import scene_captions
 from src.demo.training import PHRASES, OptimRecipe, fit, stored_scenes
+from src.eval.clipscore import with_prefix
 from src.models.clip import image_pixels
 
 
@@ -31,6 +39,7 @@ class ClipRecipe(OptimRecipe):
     warmup_steps: int = 100
     max_grad_norm: float = 1.0
     crops_per_step: int = 64
+    images_per_step: int = 32  # whole pictures, each against one of its captions
     box_jitter: float = 0.1  # each box edge moves by up to this fraction of the box side
 
 
@@ -61,6 +70,13 @@ def crop_batch(rng: random.Random, count: int, pad_frac: float,
     return crops[:count], phrases[:count]
 
 
+def caption_batch(rng: random.Random, count: int) -> tuple[list[Image.Image], list[str]]:
+    """`count` fresh demo pictures and one of each one's captions, with CLIPScore's prefix."""
+    scenes = stored_scenes(rng, count)
+    return [s.image for s in scenes], [
+        with_prefix(rng.choice(scene_captions(rng, s.shapes, s.background))) for s in scenes]
+
+
 def contrastive_loss(model: CLIPModel, pixel_values: torch.Tensor, text_inputs: dict,
                      positives: torch.Tensor) -> torch.Tensor:
     """Mean of crop->phrase and phrase->crop InfoNCE, where `positives[i, j]` marks every
@@ -80,7 +96,9 @@ def contrastive_loss(model: CLIPModel, pixel_values: torch.Tensor, text_inputs: 
 def train_clip(model: CLIPModel, processor: ProcessorMixin, recipe: ClipRecipe, seed: int,
                pad_frac: float, on_step: Callable[[int, float], None] | None = None,
                ) -> list[float]:
-    """Train `model` in place (call inside `reproducible`); returns the loss of every step."""
+    """Train `model` in place (call inside `reproducible`); returns the loss of every step:
+    the crop-phrase loss plus the picture-caption loss (a caption two pictures share, as
+    one-shape pictures can, is a positive of both)."""
     rng = random.Random(f"{seed}-clip")
     text_inputs = dict(processor.tokenizer(list(PHRASES), padding=True, return_tensors="pt"))
     names = [object_name(p) for p in PHRASES]
@@ -88,6 +106,12 @@ def train_clip(model: CLIPModel, processor: ProcessorMixin, recipe: ClipRecipe, 
     def step_loss() -> torch.Tensor:
         crops, phrases = crop_batch(rng, recipe.crops_per_step, pad_frac, recipe.box_jitter)
         positives = torch.tensor([[object_name(p) == name for name in names] for p in phrases])
-        return contrastive_loss(model, image_pixels(processor, crops), text_inputs, positives)
+        crop_loss = contrastive_loss(model, image_pixels(processor, crops), text_inputs,
+                                     positives)
+        images, captions = caption_batch(rng, recipe.images_per_step)
+        same = torch.tensor([[a == b for b in captions] for a in captions])
+        caption_inputs = dict(processor.tokenizer(captions, padding=True, return_tensors="pt"))
+        return crop_loss + contrastive_loss(model, image_pixels(processor, images),
+                                            caption_inputs, same)
 
     return fit(model, recipe, step_loss, on_step)
