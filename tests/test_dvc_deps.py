@@ -94,11 +94,15 @@ def test_committed_lock_matches_the_tracked_deps() -> None:
     status = json.loads(subprocess.run([sys.executable, "-m", "dvc", "status", "--json"],
                                        cwd=REPO, capture_output=True, text=True,
                                        check=True).stdout or "{}")
+    # The lock comes from the demo, whose weights.* name its tiny models: the committed
+    # params' hub stand-ins are deps of another profile, as data/${profile} is.
+    weights = set(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))["weights"]
+                  .values())
     stale = {f"{stage}: {path}" for stage, changes in status.items() for change in changes
              if isinstance(change, dict)
              for path in change.get("changed deps", {})
-             if path != "params.yaml" and any(name == path or name.startswith(f"{path}/")
-                                              for name in tracked)}
+             if path != "params.yaml" and path not in weights
+             and any(name == path or name.startswith(f"{path}/") for name in tracked)}
     assert not stale, f"dvc.lock is stale for {sorted(stale)}"
 
 
