@@ -96,10 +96,9 @@ def main() -> None:
         print(json.dumps(child(*args.child, args.batches)))
         return
 
-    from src.data.synthetic_coco import write_demo
-    from src.models.tiny import build_tiny_models
-
     from src.data.jsonl import write_examples
+    from src.demo.synthetic_coco import write_demo
+    from src.demo.tiny import build_tiny_models
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
