@@ -86,18 +86,26 @@ def _steps(live_dir: Path, name: str) -> list[int]:
         return [int(row["step"]) for row in csv.DictReader(handle, delimiter="\t")]
 
 
-def test_outputs_and_counted_image_skips(tiny_models, demo_coco: Path, train_file: Path,
-                                         tmp_path: Path) -> None:
-    """bsz 1: a batch whose only image is unreadable must not stall or crash the run."""
+def _with_broken_images(demo_coco: Path, train_file: Path, tmp_path: Path,
+                        good: int) -> tuple[Path, Path]:
+    """A JSONL of `good` demo examples then 2 whose image is corrupt, and its image root
+    (the demo images plus the corrupt one)."""
     examples, _ = read_examples(train_file)
-    image_root = tmp_path / "images"  # the demo images plus a corrupt one
+    image_root = tmp_path / "images"
     image_root.mkdir()
     (image_root / "train2017").symlink_to(demo_coco / "train2017")
     (image_root / "broken.jpg").write_bytes(b"not a jpeg")
     broken = [Example(f"b{i}", "broken.jpg", "full", None, examples[0].prompt, "a red circle.")
               for i in range(2)]
     small = tmp_path / "small.jsonl"
-    write_examples(small, [*examples[:4], *broken])
+    write_examples(small, [*examples[:good], *broken])
+    return small, image_root
+
+
+def test_outputs_and_counted_image_skips(tiny_models, demo_coco: Path, train_file: Path,
+                                         tmp_path: Path) -> None:
+    """bsz 1: a batch whose only image is unreadable must not stall or crash the run."""
+    small, image_root = _with_broken_images(demo_coco, train_file, tmp_path, good=4)
     with open(small, "a") as handle:
         handle.write('{"id": "bad", "image": "x.jpg"}\n')  # line 7: no kind, prompt, caption
     config = tiny_config(tiny_models["llava"], bsz=1, grad_accum=2, max_steps=0,
@@ -136,15 +144,7 @@ def test_outputs_and_counted_image_skips(tiny_models, demo_coco: Path, train_fil
 def test_an_image_skipped_in_every_epoch_counts_once(tiny_models, demo_coco: Path,
                                                     train_file: Path, tmp_path: Path) -> None:
     """Two epochs over 2 good and 2 unreadable examples: 4 samples trained, 2 skips."""
-    examples, _ = read_examples(train_file)
-    image_root = tmp_path / "images"
-    image_root.mkdir()
-    (image_root / "train2017").symlink_to(demo_coco / "train2017")
-    (image_root / "broken.jpg").write_bytes(b"not a jpeg")
-    broken = [Example(f"b{i}", "broken.jpg", "full", None, examples[0].prompt, "a red circle.")
-              for i in range(2)]
-    small = tmp_path / "small.jsonl"
-    write_examples(small, [*examples[:2], *broken])
+    small, image_root = _with_broken_images(demo_coco, train_file, tmp_path, good=2)
     config = tiny_config(tiny_models["llava"], bsz=2, grad_accum=1, max_steps=0, epochs=2,
                          val_examples=1)
     paths = dataclasses.replace(demo_paths(demo_coco, small, tmp_path), image_root=image_root)
