@@ -100,3 +100,21 @@ def damage_a_page(path: Path, column: str) -> None:
     data = bytearray(path.read_bytes())
     data[chunk.data_page_offset - 4] ^= 0x01
     path.write_bytes(bytes(data))
+
+
+def copy_working_tree(target: Path) -> Path:
+    """The working tree as it is (committed or not), without outputs, caches or the venv,
+    which is linked instead."""
+    top = {".git", ".venv", "data", "models", "metrics", "plots", "dvclive"}
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skip = {n for n in names if n in {"__pycache__", ".pytest_cache", ".ruff_cache"}}
+        if Path(folder) == REPO:
+            skip |= top & set(names)
+        if Path(folder) == REPO / ".dvc":
+            skip |= {"tmp", "cache"} & set(names)
+        return skip
+
+    shutil.copytree(REPO, target, ignore=ignore, symlinks=True)
+    (target / ".venv").symlink_to(REPO / ".venv")
+    return target

@@ -16,7 +16,15 @@ import pytest
 import torch
 import yaml
 from library_helpers import paired_cosine
-from stage_runs import phrase_subset, run_assemble, run_clip, run_detect, run_phrases, write_params
+from stage_runs import (
+    copy_working_tree,
+    phrase_subset,
+    run_assemble,
+    run_clip,
+    run_detect,
+    run_phrases,
+    write_params,
+)
 from transformers import GroundingDinoForObjectDetection
 
 from src.augment.grounding import DETECTION_COLUMNS
@@ -302,20 +310,7 @@ def _set_params(repo: Path, **values: object) -> None:
 
 @pytest.mark.slow
 def test_dvc_threshold_changes_rerun_only_assemble(tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    # The working tree as it is (committed or not), without outputs, caches or the venv.
-    top = {".git", ".venv", "data", "models", "metrics", "plots", "dvclive"}
-
-    def ignore(folder: str, names: list[str]) -> set[str]:
-        skip = {n for n in names if n in {"__pycache__", ".pytest_cache", ".ruff_cache"}}
-        if Path(folder) == REPO:
-            skip |= top & set(names)
-        if Path(folder) == REPO / ".dvc":
-            skip |= {"tmp", "cache"} & set(names)
-        return skip
-
-    shutil.copytree(REPO, repo, ignore=ignore, symlinks=True)
-    (repo / ".venv").symlink_to(REPO / ".venv")
+    repo = copy_working_tree(tmp_path / "repo")
     demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text(encoding="utf-8"))
     _set_params(repo, **demo, **{"demo.num_train": 12, "demo.num_val": 2,
                                  "detect.num_workers": 0})

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,25 +14,16 @@ import pandas as pd
 import pytest
 import yaml
 from library_helpers import flat_metrics
+from stage_runs import copy_working_tree
 
 from src.data.tables import read_table
 
 REPO = Path(__file__).resolve().parents[1]
-SKIP_TOP = {".git", ".venv", "data", "models", "metrics", "plots", "dvclive"}
 
 
 def _copy_repo(target: Path, **params: object) -> Path:
     """The working tree (committed or not) without outputs, caches or the venv, as a git repo."""
-    def ignore(folder: str, names: list[str]) -> set[str]:
-        skip = {n for n in names if n in {"__pycache__", ".pytest_cache", ".ruff_cache"}}
-        if Path(folder) == REPO:
-            skip |= SKIP_TOP & set(names)
-        if Path(folder) == REPO / ".dvc":
-            skip |= {"tmp", "cache"} & set(names)
-        return skip
-
-    shutil.copytree(REPO, target, ignore=ignore, symlinks=True)
-    (target / ".venv").symlink_to(REPO / ".venv")
+    copy_working_tree(target)
     raw = yaml.safe_load((target / "params.yaml").read_text(encoding="utf-8"))
     demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text(encoding="utf-8"))
     for key, value in {**demo, **params}.items():
