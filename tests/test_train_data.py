@@ -33,7 +33,8 @@ def samples(demo_coco: Path, processor, tmp_path_factory: pytest.TempPathFactory
     path = tmp_path_factory.mktemp("jsonl") / "train.jsonl"
     write_demo_jsonl(demo_coco, path)
     examples, _ = read_examples(path)
-    samples, skipped = encode_examples(examples, processor, max_length=128, drop_bad_masks=False)
+    samples, skipped = encode_examples(examples, processor, max_length=128, drop_bad_masks=False,
+                                       table_path=path.with_suffix(".arrow"))
     assert not skipped.counts()
     return samples
 
@@ -121,7 +122,8 @@ def test_a_short_batch_comes_last() -> None:
     assert [len(b) for b in batches] == [4, 4, 4, 4, 4, 1]
 
 
-def test_encoded_samples_hold_no_per_example_token_lists(tiny_models, demo_coco: Path) -> None:
+def test_encoded_samples_hold_no_per_example_token_lists(tiny_models, demo_coco: Path,
+                                                         tmp_path: Path) -> None:
     """3,000 examples at 576 image tokens: held as Python lists they would keep ~30 MB of
     Python objects; the memory-mapped samples keep none, and read back what the one-pair
     encoder gives. Lengths come without expanding the ids."""
@@ -131,7 +133,7 @@ def test_encoded_samples_hold_no_per_example_token_lists(tiny_models, demo_coco:
                 for i, caption in enumerate(captions))
     tracemalloc.start()
     samples, skipped = encode_examples(examples, processor, max_length=1024,
-                                       drop_bad_masks=False)
+                                       drop_bad_masks=False, table_path=tmp_path / "s.arrow")
     kept_bytes = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     assert len(samples) == 3000 and not skipped.counts()

@@ -42,14 +42,15 @@ def test_caption_loss_scores_each_label_with_the_logits_one_position_before() ->
 
 
 def test_logits_only_where_the_loss_reads_them(tiny_models, demo_coco: Path,
-                                               train_file: Path) -> None:
+                                               train_file: Path, tmp_path: Path) -> None:
     """A right-padded batch of a long and a short caption: the loss from the kept logits
     equals the loss from all of them, and the vocabulary projection sees only the tail."""
     processor = load_processor(str(tiny_models["llava"]), 32)
     examples, _ = read_examples(train_file)
     pair = [next(e for e in examples if e.kind == "full"),
             next(e for e in examples if e.kind == "region")]
-    samples, _ = encode_examples(pair, processor, max_length=128, drop_bad_masks=False)
+    samples, _ = encode_examples(pair, processor, max_length=128, drop_bad_masks=False,
+                                 table_path=tmp_path / "s.arrow")
     dataset = CaptionDataset(samples, processor, demo_coco)
     batch = Collate(processor.tokenizer.pad_token_id)([dataset[0], dataset[1]])
     model = load_llava(str(tiny_models["llava"]), 32, dtype=torch.float32).eval()
@@ -174,7 +175,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny_models, demo_coco:
     with pytest.raises(Killed):
         finetune(config, paths, show_progress=False)
     monkeypatch.setattr(loop.Trainer, "_micro_step", original)
-    assert sorted(p.name for p in paths.checkpoint_dir.iterdir()) == ["step-00000002"]
+    assert sorted(p.name for p in paths.checkpoint_dir.iterdir()) == ["samples", "step-00000002"]
     assert not paths.output_dir.exists()
     resumed = finetune(config, paths, show_progress=False)
 

@@ -110,11 +110,12 @@ def test_truncation_cuts_only_the_answer(processor) -> None:
     assert error.value.reason == "prompt_too_long"
 
 
-def test_encode_examples_drops_and_counts(processor) -> None:
+def test_encode_examples_drops_and_counts(processor, tmp_path: Path) -> None:
     examples = [Example("ok", "a.jpg", "full", None, PROMPT, CAPTION),
                 Example("long", "b.jpg", "full", None, PROMPT + " the" * 200, CAPTION),
                 Example("escape", "../c.jpg", "full", None, PROMPT, CAPTION)]
-    samples, skipped = encode_examples(examples, processor, max_length=64, drop_bad_masks=False)
+    samples, skipped = encode_examples(examples, processor, max_length=64, drop_bad_masks=False,
+                                       table_path=tmp_path / "s.arrow")
     assert [s.example_id for s in samples] == ["ok", "escape"]  # a path is checked when read
     assert samples[0].image == "a.jpg"
     assert skipped.as_dict() == {"prompt_too_long": ["long"]}
@@ -134,7 +135,7 @@ class _WithTokenizer:
         return self._processor(*args, **kwargs)
 
 
-def test_drop_bad_masks_counts_each_drop_by_reason(processor) -> None:
+def test_drop_bad_masks_counts_each_drop_by_reason(processor, tmp_path: Path) -> None:
     """Two boundary mismatches (the merging tokenizer fuses CAPTION onto the prompt), one
     empty caption, one over-long prompt: each dropped and counted, the good one kept."""
     examples = [Example("ok", "a.jpg", "full", None, PROMPT, "a blue square."),
@@ -143,12 +144,15 @@ def test_drop_bad_masks_counts_each_drop_by_reason(processor) -> None:
                 Example("fused2", "d.jpg", "full", None, PROMPT, CAPTION),
                 Example("long", "e.jpg", "full", None, PROMPT + " the" * 200, "a circle.")]
     merging = _WithTokenizer(processor, _BoundaryMerging(processor.tokenizer))
-    samples, skipped = encode_examples(examples, merging, max_length=64, drop_bad_masks=True)
+    samples, skipped = encode_examples(examples, merging, max_length=64, drop_bad_masks=True,
+                                       table_path=tmp_path / "s.arrow")
     assert [s.example_id for s in samples] == ["ok"]
     assert skipped.as_dict() == {"mask_mismatch": ["fused1", "fused2"], "unsupervised": ["empty"],
                                  "prompt_too_long": ["long"]}
     with pytest.raises(MaskError, match="example fused1: mask_mismatch"):
-        encode_examples(examples, merging, max_length=64, drop_bad_masks=False)
+        encode_examples(examples, merging, max_length=64, drop_bad_masks=False,
+                        table_path=tmp_path / "failed.arrow")
+    assert not (tmp_path / "failed.arrow").exists()  # a failed encode leaves no file
 
 
 @pytest.mark.parametrize("prompt, caption", [

@@ -8,8 +8,13 @@ versions, the config without execution knobs, the model's digest, the training f
 bytes, the image root, the processor and the process count): checkpoints of another run
 are never resumed.
 
-Checkpoints are resume scratch for a run that has not finished: once the adapter and the
-metrics are written, the run's checkpoints are removed. A killed run resumes (from the
+`<checkpoint_dir>/samples/` holds each process's encoded training and validation samples
+(`src.train.data.encode_examples`) while the run lives, at a path fixed by the split and the
+process index: a killed run's are written over by its rerun.
+
+Checkpoints and samples are resume scratch for a run that has not finished: once the adapter
+and the metrics are written, the run's checkpoints and samples are removed (also the samples
+a killed run with more processes left). A killed run resumes (from the
 final checkpoint, it trains nothing and only writes the outputs); a finished run is never
 "resumed", so `dvc repro -f` trains again.
 """
@@ -30,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
 PREFIX = "step-"
+SAMPLES_DIR = "samples"
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,11 @@ class TrainerState:
 
 def checkpoint_path(checkpoint_dir: Path, step: int) -> Path:
     return Path(checkpoint_dir) / f"{PREFIX}{step:08d}"
+
+
+def samples_path(checkpoint_dir: Path, split: str, process_index: int) -> Path:
+    """Where process `process_index` of a run keeps its encoded `split` samples."""
+    return Path(checkpoint_dir) / SAMPLES_DIR / f"{split}-{process_index}.arrow"
 
 
 def _complete(checkpoint_dir: Path) -> list[tuple[Path, TrainerState]]:
@@ -80,9 +91,12 @@ def remove_other_runs(checkpoint_dir: Path, run_fingerprint: str) -> int:
 
 
 def remove_finished_run(checkpoint_dir: Path) -> None:
-    """Delete every checkpoint: the run's outputs are written, so none is resume scratch."""
+    """Delete every checkpoint and the samples: the run's outputs are written, so none is
+    resume scratch. (A process still mapping its samples file keeps reading it: an unlinked
+    file lives until it is closed.)"""
     for path in Path(checkpoint_dir).glob(f"{PREFIX}*"):
         shutil.rmtree(path)
+    shutil.rmtree(Path(checkpoint_dir) / SAMPLES_DIR, ignore_errors=True)
 
 
 def write_trainer_state(path: Path, state: TrainerState) -> None:

@@ -12,8 +12,6 @@ the image root becomes a Skip record carried in the batch.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -52,14 +50,14 @@ SCHEMA = pa.schema([
 ])
 
 
-def _remove_if_owner(directory: str, owner_pid: int) -> None:
+def _remove_if_owner(table_path: Path, owner_pid: int) -> None:
     if os.getpid() == owner_pid:  # not in a forked DataLoader worker
-        shutil.rmtree(directory, ignore_errors=True)
+        table_path.unlink(missing_ok=True)
 
 
 class EncodedSamples(Sequence[Sample]):
-    """Encoded samples in a memory-mapped Arrow file in a private temporary directory,
-    removed with this object. Memory held: the pages the OS maps in, which it can drop."""
+    """Encoded samples in a memory-mapped Arrow file, removed with the object `encode_examples`
+    returns. Memory held: the pages the OS maps in, which it can drop."""
 
     def __init__(self, table_path: Path, image_token_id: int, num_image_tokens: int) -> None:
         self.table_path = table_path
@@ -115,19 +113,22 @@ def encode_examples(
     *,
     max_length: int,
     drop_bad_masks: bool,
+    table_path: Path,
 ) -> tuple[EncodedSamples, SkipCounter]:
     """Tokenise and mask every example; return the samples and the dropped example ids.
 
     A prompt longer than `max_length` is always dropped and counted. A mask that fails
     its check (see `encode_compact`) raises unless `drop_bad_masks`. Image paths are
     checked when read (a path outside the root is a "path_escape" skip then). The samples
-    are written to the system temporary directory (each process its own file), a chunk of
-    examples at a time, so `examples` may be a stream.
+    are written to `table_path` a chunk of examples at a time, so `examples` may be a stream.
+    Each process of a run writes its own path (`src.train.checkpoint.samples_path`): a fixed
+    one, so the rerun of a killed run writes over what that run left. The file is removed
+    when the returned samples are.
     """
-    directory = tempfile.mkdtemp(prefix="train-samples-")
     num_image_tokens = image_token_count(processor)
     skipped, image_token_id = SkipCounter(), processor.image_token_id
-    table_path = Path(directory) / "samples.arrow"
+    table_path = Path(table_path)
+    table_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with pa.OSFile(str(table_path), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
             for chunk in _chunks(examples, ENCODE_CHUNK):
@@ -149,9 +150,9 @@ def encode_examples(
                 writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=SCHEMA))
         samples = EncodedSamples(table_path, image_token_id, num_image_tokens)
     except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
+        table_path.unlink(missing_ok=True)
         raise
-    weakref.finalize(samples, _remove_if_owner, directory, os.getpid())
+    weakref.finalize(samples, _remove_if_owner, table_path, os.getpid())
     return samples, skipped
 
 

@@ -47,6 +47,7 @@ from src.train.checkpoint import (
     latest_checkpoint,
     remove_finished_run,
     remove_other_runs,
+    samples_path,
 )
 from src.train.data import (
     CaptionDataset,
@@ -153,11 +154,13 @@ class _Data:
 
 
 def _setup_data(config: FinetuneConfig, paths: FinetunePaths, processor: ProcessorMixin,
-                num_processes: int) -> _Data:
+                num_processes: int, process_index: int) -> _Data:
     examples = ExampleReader(paths.train_file, skip_malformed=config.skip_malformed,
                              reserved=special_token_texts(processor))
     encode = {"max_length": config.max_length, "drop_bad_masks": config.drop_bad_masks}
-    train_samples, dropped = encode_examples(examples, processor, **encode)  # streams the file
+    train_samples, dropped = encode_examples(  # streams the file
+        examples, processor, table_path=samples_path(paths.checkpoint_dir, "train", process_index),
+        **encode)
     malformed = examples.malformed
     if not train_samples:
         raise ValueError(f"{paths.train_file}: no trainable example ({dropped.counts()})")
@@ -165,7 +168,7 @@ def _setup_data(config: FinetuneConfig, paths: FinetunePaths, processor: Process
     val_samples, val_dropped = encode_examples(
         validation_examples(paths.val_ann, config.val_examples, config.val_prompt,
                             config.data_seed),
-        processor, **encode)
+        processor, table_path=samples_path(paths.checkpoint_dir, "val", process_index), **encode)
     collate = Collate(processor.tokenizer.pad_token_id)
     train_set = CaptionDataset(train_samples, processor, paths.image_root)
     global_batch = config.bsz * num_processes
@@ -244,7 +247,8 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
 
     # Data first: its size sets the schedule. Then model, optimizer, schedule.
     processor = load_processor(config.model_id, config.image_size, config.pad_to_square)
-    data = _setup_data(config, paths, processor, accelerator.num_processes)
+    data = _setup_data(config, paths, processor, accelerator.num_processes,
+                       accelerator.process_index)
     model = _setup_model(config, accelerator.device)
     run_fingerprint = fingerprint(
         code=__name__, params={k: v for k, v in run_config.items() if k not in EXECUTION_KNOBS},
