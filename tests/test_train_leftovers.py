@@ -1,5 +1,6 @@
 """Nothing stale, nothing lost after a training run is killed (SIGKILL: no finaliser, no
-`finally` runs): its encoded samples are found and removed by the rerun, never another run's."""
+`finally` runs): its encoded samples are found and removed by the rerun, never another run's;
+an adapter swap cut short is finished by the next run."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from train_fixtures import REPO, demo_paths, tiny_config, write_demo_jsonl
 
 from src.data.jsonl import Example
 from src.models.llava import load_processor
+from src.train import recipe
 from src.train.checkpoint import samples_path
 from src.train.data import encode_examples
+from src.train.outputs import MARKER_FILE, MARKER_TEXT
 from src.train.recipe import finetune
 
 # One torch thread: deterministic, and far faster than two on a busy 2-core machine.
@@ -34,6 +37,10 @@ llava, coco, train_file, out = map(Path, sys.argv[1:5])
 loop.Trainer._micro_step = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
 recipe.finetune(tiny_config(llava), demo_paths(coco, train_file, out), show_progress=False)
 """
+
+
+class ModelLoaded(Exception):
+    pass
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +80,31 @@ def test_a_killed_runs_samples_are_removed_by_its_rerun_never_another_runs(
     assert metrics["steps"] == 2 and metrics["resumed_from_step"] == 0
     assert list(paths.checkpoint_dir.iterdir()) == [] and list(system_tmp.iterdir()) == []
     assert [sample.example_id for sample in live] == ["b1"] and beside.is_file()
+
+
+@pytest.mark.parametrize("lora", ["absent", "there"])
+def test_a_run_starts_by_finishing_a_killed_adapter_swap(
+        tiny_models, demo_coco: Path, train_file: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, lora: str) -> None:
+    """An adapter swap killed between its renames left the last good adapter aside: the next
+    run puts it back before any model loads (so a run that then fails still leaves it in
+    place). Killed after them, the aside copy is an old adapter: it goes."""
+    paths = demo_paths(demo_coco, train_file, tmp_path)
+    aside = tmp_path / f".lora.{'a' * 32}.old"
+    aside.mkdir()
+    (aside / MARKER_FILE).write_text(MARKER_TEXT)
+    (aside / "adapter_model.safetensors").write_text("last good")
+    if lora == "there":
+        paths.output_dir.mkdir()
+        (paths.output_dir / MARKER_FILE).write_text(MARKER_TEXT)
+        (paths.output_dir / "adapter_model.safetensors").write_text("newest")
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise ModelLoaded
+
+    monkeypatch.setattr(recipe, "load_processor", no_model)
+    with pytest.raises(ModelLoaded):
+        finetune(tiny_config(tiny_models["llava"]), paths, show_progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lora"]
+    weights = (paths.output_dir / "adapter_model.safetensors").read_text()
+    assert weights == ("last good" if lora == "absent" else "newest")

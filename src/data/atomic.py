@@ -2,7 +2,8 @@
 
 A write goes to `.<name>.<32 hex digits>.tmp` beside its target and is renamed onto it.
 A killed writer leaves that temp file behind; a step removes those of what it writes
-when it starts (`remove_stale_temps`).
+when it starts (`remove_stale_temps`). A folder is swapped whole (`replaced_dir`); a swap a
+kill interrupted is finished by the next writer (`recover_replaced_dir`).
 """
 
 from __future__ import annotations
@@ -62,9 +63,11 @@ def replaced_dir(path: Path) -> Iterator[Path]:
     anything is removed: it is renamed over an absent or empty `path`; a non-empty one is
     first renamed aside to `.NAME.*.old` (where a crash between the two renames leaves it),
     then deleted. Made with `mkdir`, so it gets the user's umask (mkdtemp's 0700 would not).
+    What a killed earlier swap left is dealt with first (`recover_replaced_dir`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_replaced_dir(path)
     tag = uuid.uuid4().hex
     tmp, old = path.parent / f".{path.name}.{tag}.tmp", path.parent / f".{path.name}.{tag}.old"
     tmp.mkdir()
@@ -82,6 +85,36 @@ def replaced_dir(path: Path) -> Iterator[Path]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
+def recover_replaced_dir(path: Path) -> None:
+    """Finish what a killed `replaced_dir` of `path` left beside it; call it before anything
+    else writes `path` (a live swap's folders would be lost).
+
+    Killed between its two renames, it left `path` absent and the previous folder at
+    `.NAME.<hex>.old`: the last good one, put back in place of an absent or empty `path`
+    (the newest, should several be there). With something in `path`, an `.old` is a previous
+    folder whose deletion was cut short, and goes. A `.NAME.<hex>.tmp` is a new folder that
+    never took the place: it goes too.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{32}}\.(old|tmp)")
+    beside = [(p, m.group(1)) for p in path.parent.iterdir() if (m := pattern.fullmatch(p.name))]
+    olds = sorted((p for p, kind in beside if kind == "old"), key=lambda p: p.stat().st_ctime)
+    vacant = not path.exists() or (path.is_dir() and not any(path.iterdir()))
+    if olds and vacant:
+        os.replace(olds.pop(), path)  # rename sets ctime: the newest .old is the last swapped
+        logger.warning("restored %s from the swap a killed run left unfinished", path)
+    stale = [*olds, *(p for p, kind in beside if kind == "tmp")]
+    for leftover in stale:
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink()
+    if stale:
+        logger.info("removed %d folders a killed swap of %s left beside it", len(stale), path)
+
+
 def remove_stale_temps(folder: Path, target: str = "*") -> int:
     """Delete the temp files of `atomic_path` that a killed write of `target` (a file name or
     glob; every file by default) left in `folder`; return how many. Call it when a step

@@ -3,7 +3,8 @@
 Written into a directory beside `output_dir` and swapped into its place, so a crash never
 leaves a half-written adapter that looks finished. `output_dir` is replaced only when it is
 absent, empty or a previous adapter of this project (it holds MARKER_FILE): a mistyped
-`--output-dir ~/models` is refused, never wiped.
+`--output-dir ~/models` is refused, never wiped. A swap a killed run left half done is
+finished when the next run starts: the last good adapter is in place again.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from peft import PeftModel
 from transformers import ProcessorMixin
 
-from src.data.atomic import replaced_dir
+from src.data.atomic import recover_replaced_dir, replaced_dir
 
 CONFIG_FILE = "train_config.json"
 MARKER_FILE = ".caption-adapter"  # this project wrote the folder: training may replace it
@@ -29,8 +30,10 @@ class OutputDirError(FileExistsError):
 
 
 def check_output_dir(output_dir: Path) -> None:
-    """Raise OutputDirError unless `output_dir` is absent, empty or a previous adapter."""
+    """Raise OutputDirError unless `output_dir` is absent, empty or a previous adapter (put
+    back first if a killed run's swap left it aside: `recover_replaced_dir`)."""
     output_dir = Path(output_dir)
+    recover_replaced_dir(output_dir)
     if not output_dir.exists():
         return
     if not output_dir.is_dir():
