@@ -134,6 +134,11 @@ def test_image_token_in_a_caption_is_counted_not_a_crash(
     assert metrics["steps"] == 2 and metrics["samples_trained"] == 8  # 2 steps x 2 x 2
 
 
+def _checkpoint_files(checkpoints: Path) -> dict[Path, bytes]:
+    """The checkpoints' files (not the run's samples, its other scratch there)."""
+    return {p: p.read_bytes() for p in checkpoints.glob("step-*/**/*") if p.is_file()}
+
+
 @pytest.mark.parametrize(("fault", "micro_batch", "step", "loss", "kept"), [
     ("nan pixels", 9, 5, "nan .*;", 4),  # step 5's loss; after the step-4 checkpoint
     ("nan weight", 8, 4, r"\d\.\d+ .*, weights not finite", 2),  # a finite loss, a NaN update
@@ -152,8 +157,7 @@ def test_a_nan_loss_stops_training_keeping_the_last_good_checkpoint(
     def planted(self, batch, window):
         calls.append(1)
         if len(calls) == micro_batch:
-            saved.update({p: p.read_bytes() for p in (tmp_path / "checkpoints").rglob("*")
-                          if p.is_file()})
+            saved.update(_checkpoint_files(tmp_path / "checkpoints"))
             if fault == "nan pixels":
                 batch = {**batch,
                          "pixel_values": torch.full_like(batch["pixel_values"], math.nan)}
@@ -168,9 +172,9 @@ def test_a_nan_loss_stops_training_keeping_the_last_good_checkpoint(
     with pytest.raises(NonFiniteError, match=rf"^step {step}: training loss {loss}"):
         finetune_llava.main(args)
     checkpoints = tmp_path / "checkpoints"
-    assert sorted(p.name for p in checkpoints.iterdir()) == [
+    assert sorted(p.name for p in checkpoints.glob("step-*")) == [
         f"step-{n:08d}" for n in range(2, kept + 1, 2)]
-    assert {p: p.read_bytes() for p in checkpoints.rglob("*") if p.is_file()} == saved
+    assert _checkpoint_files(checkpoints) == saved
     last = checkpoints / f"step-{kept:08d}"
     state = json.loads((last / "trainer_state.json").read_text())
     assert state["step"] == kept and state["train_loss"] > 0
