@@ -55,7 +55,7 @@ def write_bench_data(work: Path, num_train: int, num_val: int = 8) -> tuple[Path
     train_file = work / "train.jsonl"
     write_examples(train_file, validation_examples(
         coco / "annotations" / "captions_train2017.json", 0,
-        "Provide a one-sentence caption for the provided image.", seed=0))
+        "Provide a one-sentence caption for the provided image.", seed=0)[0])
     return coco, train_file
 
 

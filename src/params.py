@@ -298,6 +298,18 @@ def validate(params: Params, source: str) -> Params:
     return params
 
 
+def check_prompts(prompts: Mapping[str, str], problem: Callable[[str], str | None],
+                  source: str = "params") -> None:
+    """Raise ParamsError naming each prompt param (dotted key -> its text) whose text
+    `problem` faults. For rules `validate` cannot apply at start: which texts a tokenizer
+    reads as special tokens (`src.data.jsonl.special_token_problem`) is known only once a
+    command has loaded the processor; it checks then, before the model loads."""
+    errors = [_error(source, key, text, reason) for key, text in prompts.items()
+              if (reason := problem(text)) is not None]
+    if errors:
+        raise ParamsError("\n".join(str(error) for error in errors))
+
+
 def load_params(path: Path = Path("params.yaml")) -> Params:
     """params.yaml, type-checked and validated."""
     with open(path, encoding="utf-8") as handle:

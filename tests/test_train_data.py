@@ -88,12 +88,12 @@ def test_collate_pads_right_with_ignored_labels(samples, processor, demo_coco: P
 
 def test_validation_examples_are_a_seeded_slice(demo_coco: Path) -> None:
     ann = demo_coco / "annotations" / "captions_val2017.json"
-    examples = validation_examples(ann, 5, FULL_PROMPT, seed=0)
-    assert len(examples) == 5 and len({e.image for e in examples}) == 5
+    examples, skipped = validation_examples(ann, 5, FULL_PROMPT, seed=0)
+    assert len(examples) == 5 and len({e.image for e in examples}) == 5 and not skipped.ids
     assert all(e.prompt == FULL_PROMPT and e.kind == "full" for e in examples)
     assert all((demo_coco / "val2017" / e.image).is_file() for e in examples)
-    assert validation_examples(ann, 5, FULL_PROMPT, seed=0) == examples
-    assert validation_examples(ann, 5, FULL_PROMPT, seed=1) != examples
+    assert validation_examples(ann, 5, FULL_PROMPT, seed=0)[0] == examples
+    assert validation_examples(ann, 5, FULL_PROMPT, seed=1)[0] != examples
 
 
 def test_length_grouped_batches_cover_everything_with_less_padding() -> None:

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from train_fixtures import REPO, write_demo_jsonl
 
 from src.data.jsonl import JsonlError
+from src.params import ParamsError
 from src.train import finetune_llava, loop, recipe
 from src.train.loop import NonFiniteError
 from src.train.outputs import MARKER_FILE, OutputDirError
@@ -132,6 +133,58 @@ def test_image_token_in_a_caption_is_counted_not_a_crash(
     assert metrics["malformed_lines"] == 2
     assert metrics["examples"] == len(lines) - 2
     assert metrics["steps"] == 2 and metrics["samples_trained"] == 8  # 2 steps x 2 x 2
+
+
+def test_special_token_text_in_a_prompt_param_is_refused_before_the_model_loads(
+        tiny_models, demo_coco: Path, train_file: Path, params: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both prompts reach the model (the region prompt through the JSONL); each is named,
+    before the model loads and before the data is encoded."""
+    raw = yaml.safe_load(params.read_text())
+    raw["caption_prompt"] = "Describe <image> briefly."
+    raw["assemble"]["region_prompt"] = "Describe the region.</s>"
+    poisoned = tmp_path / "params.yaml"
+    poisoned.write_text(yaml.safe_dump(raw))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(recipe, "load_llava", refuse)
+    args = _seed_args(demo_coco, train_file, tmp_path, tiny_models["llava"], poisoned)
+    with pytest.raises(ParamsError) as error:
+        finetune_llava.main(args)
+    assert str(error.value).splitlines() == [
+        f"params: caption_prompt='Describe <image> briefly.': {_special('<image>')}",
+        f"params: assemble.region_prompt='Describe the region.</s>': {_special('</s>')}"]
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def _special(token: str) -> str:
+    return (f"contains the special token text {token!r}, which the tokenizer reads as that "
+            "token (a stray <image> misaligns the image features and crashes training)")
+
+
+def test_special_token_text_in_a_validation_caption_is_malformed_as_in_the_jsonl(
+        tiny_models, demo_coco: Path, train_file: Path, params: Path, tmp_path: Path) -> None:
+    """The caption validation uses for an image (its lowest-id one) holds `</s>`: an error
+    naming the file and the caption id; with --skip-malformed the image is left out and
+    counted."""
+    captions = json.loads((demo_coco / "annotations" / "captions_val2017.json").read_text())
+    first = min(captions["annotations"], key=lambda a: a["id"])
+    first["caption"] = "a red circle.</s> on grey"
+    val_ann = tmp_path / "captions_val2017.json"
+    val_ann.write_text(json.dumps(captions))
+    args = _seed_args(demo_coco, train_file, tmp_path, tiny_models["llava"], params, max_steps=1)
+    args[args.index("--val-ann") + 1] = str(val_ann)
+    with pytest.raises(ValueError, match=rf"^{val_ann}: caption {first['id']} \(image "
+                                         rf"{first['image_id']}\) contains the special token "
+                                         r"text '</s>'"):
+        finetune_llava.main(args)
+    finetune_llava.main([*args, "--skip-malformed"])
+    metrics = json.loads((tmp_path / "train.json").read_text())
+    assert metrics["skipped_val"] == {"special_token": 1}
+    assert metrics["val_examples"] == len(captions["images"]) - 1 == 7
+    assert metrics["malformed_lines"] == 0 and metrics["steps"] == 1
 
 
 def _checkpoint_files(checkpoints: Path) -> dict[Path, bytes]:

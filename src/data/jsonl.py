@@ -38,6 +38,16 @@ class Example:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def special_token_problem(text: str, reserved: Collection[str]) -> str | None:
+    """Why `text` may not be a prompt or caption, or None: it holds one of the `reserved` texts
+    (the tokenizer's special tokens, `src.models.llava.special_token_texts`)."""
+    found = [token for token in reserved if token in text]
+    if not found:
+        return None
+    return (f"contains the special token text {found[0]!r}, which the tokenizer reads as that "
+            "token (a stray <image> misaligns the image features and crashes training)")
+
+
 def _check(record: object, where: str, reserved: Collection[str]) -> Example:
     if not isinstance(record, dict):
         raise JsonlError(f"{where}: expected a JSON object")
@@ -45,11 +55,8 @@ def _check(record: object, where: str, reserved: Collection[str]) -> Example:
         if not isinstance(record.get(key), str) or not record[key].strip():
             raise JsonlError(f"{where}: field '{key}' must be a non-empty string")
     for key in ("prompt", "caption"):
-        found = [text for text in reserved if text in record[key]]
-        if found:
-            raise JsonlError(f"{where}: field '{key}' contains the special token text "
-                             f"{found[0]!r}, which the tokenizer reads as that token (a stray "
-                             "<image> misaligns the image features and crashes training)")
+        if (problem := special_token_problem(record[key], reserved)) is not None:
+            raise JsonlError(f"{where}: field '{key}' {problem}")
     if record["kind"] not in KINDS:
         raise JsonlError(f"{where}: field 'kind' must be one of {KINDS}, got {record['kind']!r}")
     bbox = record.get("bbox")

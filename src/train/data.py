@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -26,7 +26,7 @@ from transformers import ProcessorMixin
 
 from src.data.coco import load_captions, select_images
 from src.data.images import crop_box, read_image
-from src.data.jsonl import Example
+from src.data.jsonl import Example, special_token_problem
 from src.data.skips import Skip, SkipCounter
 from src.models.llava import IGNORE_INDEX, image_token_count
 from src.train.masking import CompactText, MaskError, check_supervised, encode_compact
@@ -156,18 +156,32 @@ def encode_examples(
     return samples, skipped
 
 
-def validation_examples(captions_path: Path, num_examples: int, prompt: str,
-                        seed: int) -> list[Example]:
+def validation_examples(captions_path: Path, num_examples: int, prompt: str, seed: int, *,
+                        reserved: Collection[str] = (),
+                        skip_malformed: bool = False) -> tuple[list[Example], SkipCounter]:
     """One full-image example per image for a seeded slice of a COCO captions file (each
-    image's lowest-id caption); image paths are file names, relative to the images dir."""
+    image's lowest-id caption); image paths are file names, relative to the images dir.
+
+    A caption holding one of the `reserved` texts is malformed, as in the training JSONL
+    (`src.data.jsonl.ExampleReader`): a ValueError naming the file and the caption id, or
+    with `skip_malformed` its image is left out, counted as "special_token" in the skips.
+    """
     caption_set = load_captions(captions_path)
     by_image = caption_set.by_image()
-    examples = []
+    examples, skipped = [], SkipCounter()
     for image in select_images(caption_set, num_examples, seed):
         caption = min(by_image[image.image_id], key=lambda c: c.caption_id)
-        examples.append(Example(id=f"val-{image.image_id}", image=image.file_name, kind="full",
+        example_id = f"val-{image.image_id}"
+        if (problem := special_token_problem(caption.caption, reserved)) is not None:
+            if not skip_malformed:
+                raise ValueError(f"{captions_path}: caption {caption.caption_id} (image "
+                                 f"{image.image_id}) {problem}")
+            skipped.add(Skip(example_id, "special_token", image.file_name,
+                             f"caption {caption.caption_id} {problem}"))
+            continue
+        examples.append(Example(id=example_id, image=image.file_name, kind="full",
                                 bbox=None, prompt=prompt, caption=caption.caption))
-    return examples
+    return examples, skipped
 
 
 class CaptionDataset(Dataset):

@@ -56,7 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.add_argument(f"--{_dest(key).replace('_', '-')}", action="store_true",
                             default=None, help=help_text)
     parser.add_argument("--skip-malformed", action="store_true",
-                        help="count and skip malformed JSONL lines instead of failing")
+                        help="count and skip malformed JSONL lines (and validation captions "
+                             "holding special-token text) instead of failing")
     parser.add_argument("--drop-bad-masks", action="store_true",
                         help="count and drop examples failing the mask check instead of failing")
     parser.add_argument("--pad-to-square", action=argparse.BooleanOptionalAction, default=None,

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from transformers import ProcessorMixin, get_cosine_schedule_with_warmup
 
 from src.data.atomic import atomic_write_json, remove_stale_temps
 from src.data.coco import path_inside
-from src.data.jsonl import ExampleReader
+from src.data.jsonl import ExampleReader, special_token_problem
 from src.data.shard_map import file_digest, fingerprint, processor_digest
 from src.data.skips import Skip, SkipCounter
 from src.models.device_policy import llava_dtype, mixed_precision, oom_advice, resolve_device
@@ -39,7 +40,7 @@ from src.models.llava import (
     special_token_texts,
 )
 from src.models.weights import model_identity
-from src.params import Params, TrainParams
+from src.params import Params, TrainParams, check_prompts
 from src.preflight import require_models, require_paths
 from src.train.checkpoint import (
     TrainerState,
@@ -78,15 +79,21 @@ class FinetuneConfig(TrainParams):
     model_id: str
     data_seed: int  # params.yaml's `seed`: which val captions measure the validation loss
     val_prompt: str  # the full-image prompt, for the validation captions
-    skip_malformed: bool = False  # count and skip malformed JSONL lines instead of failing
+    region_prompt: str  # assemble's, only checked: it reaches the model through the JSONL
+    skip_malformed: bool = False  # count and skip malformed JSONL lines and val captions
     drop_bad_masks: bool = False  # count and drop examples whose mask check fails
 
     @classmethod
     def from_params(cls, params: Params) -> FinetuneConfig:
         """The `train` section (its `seed` drives initialisation, LoRA initialisation, data
-        order and dropout) plus model_id, the data seed and the full-image prompt."""
+        order and dropout) plus model_id, the data seed and the prompts."""
         return cls(**asdict(params.train), model_id=params.model_id, data_seed=params.seed,
-                   val_prompt=params.caption_prompt)
+                   val_prompt=params.caption_prompt,
+                   region_prompt=params.assemble.region_prompt)
+
+    def prompt_params(self) -> dict[str, str]:
+        """The prompts, by their params.yaml keys."""
+        return {"caption_prompt": self.val_prompt, "assemble.region_prompt": self.region_prompt}
 
 
 @dataclass(frozen=True)
@@ -155,8 +162,9 @@ class _Data:
 
 def _setup_data(config: FinetuneConfig, paths: FinetunePaths, processor: ProcessorMixin,
                 num_processes: int, process_index: int) -> _Data:
+    reserved = special_token_texts(processor)
     examples = ExampleReader(paths.train_file, skip_malformed=config.skip_malformed,
-                             reserved=special_token_texts(processor))
+                             reserved=reserved)
     encode = {"max_length": config.max_length, "drop_bad_masks": config.drop_bad_masks}
     train_samples, dropped = encode_examples(  # streams the file
         examples, processor, table_path=samples_path(paths.checkpoint_dir, "train", process_index),
@@ -165,10 +173,13 @@ def _setup_data(config: FinetuneConfig, paths: FinetunePaths, processor: Process
     if not train_samples:
         raise ValueError(f"{paths.train_file}: no trainable example ({dropped.counts()})")
     _check_image_root(train_samples, paths.image_root)
+    val_examples, val_malformed = validation_examples(
+        paths.val_ann, config.val_examples, config.val_prompt, config.data_seed,
+        reserved=reserved, skip_malformed=config.skip_malformed)
     val_samples, val_dropped = encode_examples(
-        validation_examples(paths.val_ann, config.val_examples, config.val_prompt,
-                            config.data_seed),
-        processor, table_path=samples_path(paths.checkpoint_dir, "val", process_index), **encode)
+        val_examples, processor,
+        table_path=samples_path(paths.checkpoint_dir, "val", process_index), **encode)
+    val_dropped.update(val_malformed)
     collate = Collate(processor.tokenizer.pad_token_id)
     train_set = CaptionDataset(train_samples, processor, paths.image_root)
     global_batch = config.bsz * num_processes
@@ -247,6 +258,8 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
 
     # Data first: its size sets the schedule. Then model, optimizer, schedule.
     processor = load_processor(config.model_id, config.image_size, config.pad_to_square)
+    check_prompts(config.prompt_params(),
+                  partial(special_token_problem, reserved=special_token_texts(processor)))
     data = _setup_data(config, paths, processor, accelerator.num_processes,
                        accelerator.process_index)
     model = _setup_model(config, accelerator.device)
