@@ -16,6 +16,7 @@ from src.data.shard_map import (
     by_shard,
     digest,
     fingerprint,
+    map_image_shards,
     map_shards,
     remove_stale_shards,
     shard_batches,
@@ -107,6 +108,47 @@ def test_execution_knobs_reuse_and_other_runs_or_inputs_redo(tmp_path: Path) -> 
     # Clean-up keeps only the current run's shards: r wrote 3 + 1, r2 wrote 4.
     assert remove_stale_shards(tmp_path / "shards", "r2") == 4
     assert len(list((tmp_path / "shards").glob("shard-*.parquet"))) == 4
+
+
+class FakeTokenizer:
+    """What `processor_digest` reads of a bare tokenizer."""
+
+    def __init__(self, vocab: dict[str, int]) -> None:
+        self.vocab = vocab
+        self.special_tokens_map = {"eos_token": "</s>"}
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.vocab
+
+
+def test_an_image_steps_run_is_its_code_params_model_processor_and_image_folder(
+        tmp_path: Path) -> None:
+    """Each of them redoes every image and leaves only its own run's shards; rows are keyed
+    by image id."""
+    def run(**changes: object) -> list[int]:
+        work = Work()
+
+        def image_rows(shards: list[list[int]]):
+            for shard, frame, skips in work(shards):
+                yield shard, frame.rename(columns={"item": "image_id"}), skips
+
+        settings = {"code": "src.augment.detect", "params": {"floor_score": 0.1},
+                    "model": "m", "processor": FakeTokenizer({"a": 0}),
+                    "image_dir": Path("coco/train2017"), **changes}
+        frame, _ = map_image_shards(ITEMS, image_rows, **settings, shards_dir=tmp_path,
+                                    shard_size=2, state=FakeState(),
+                                    empty=EMPTY.rename(columns={"item": "image_id"}))
+        assert frame["image_id"].tolist() == [1, 8, 3, 7, 2]
+        assert len(list(tmp_path.glob("shard-*.parquet"))) == 4  # this run's only
+        return sorted(work.computed)
+
+    every = sorted(i for i, _ in ITEMS)
+    assert run() == every and run() == []
+    for change in ({"code": "src.augment.clip_score"}, {"params": {"floor_score": 0.2}},
+                   {"model": "m2"}, {"processor": FakeTokenizer({"b": 0})},
+                   {"image_dir": Path("other/train2017")}):
+        assert run(**change) == every, change
+        assert run() == every  # that run removed this one's shards
 
 
 def test_a_torn_shard_file_is_redone(tmp_path: Path) -> None:

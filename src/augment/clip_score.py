@@ -48,12 +48,7 @@ def run(params: Params, detections_path: Path, coco_root: Path, shards_dir: Path
         scores_frame,
     )
     from src.data.atomic import remove_stale_temps
-    from src.data.shard_map import (
-        fingerprint,
-        map_shards,
-        processor_digest,
-        remove_stale_shards,
-    )
+    from src.data.shard_map import map_image_shards
     from src.data.tables import read_table, write_table
     from src.models.clip import load_clip
     from src.models.device_policy import clip_dtype, process_group, resolve_device
@@ -69,14 +64,6 @@ def run(params: Params, detections_path: Path, coco_root: Path, shards_dir: Path
         images = region_images(regions)
         image_dir = coco_root / find_image_dir(coco_root, [i.file_name for i in images])
         model, processor = load_clip(params.clip_model_id, state.device, clip_dtype(state.device))
-        # The caption template and min_box_frac reach each image's digest (its crops'
-        # captions and boxes); batch size, workers and shard size are execution knobs.
-        # `code` names this module: run as `python -m`, its __name__ is "__main__".
-        run_id = fingerprint(code="src.augment.clip_score",
-                             params={"crop_pad_frac": settings.crop_pad_frac},
-                             model=model_identity(params.clip_model_id),
-                             inputs={"processor": processor_digest(processor),
-                                     "images": str(image_dir)})
         captions = regions["caption"].tolist()
         items = [(image.image_id, region_image_digest(image, captions)) for image in images]
 
@@ -89,13 +76,18 @@ def run(params: Params, detections_path: Path, coco_root: Path, shards_dir: Path
                                         batch_size=settings.batch_size,
                                         num_workers=settings.num_workers, on_rows=bar.update)
 
-        merged = map_shards(items, work, shards_dir=shards_dir, run=run_id,
-                            shard_size=settings.shard_size, state=state,
-                            key_column="image_id", empty=scores_frame(*[np.zeros(0)] * 3))
+        # The caption template and min_box_frac reach each image's digest (its crops'
+        # captions and boxes); batch size, workers and shard size are execution knobs.
+        # `code` names this module: run as `python -m`, its __name__ is "__main__".
+        merged = map_image_shards(items, work, code="src.augment.clip_score",
+                                  params={"crop_pad_frac": settings.crop_pad_frac},
+                                  model=model_identity(params.clip_model_id), processor=processor,
+                                  image_dir=image_dir, shards_dir=shards_dir,
+                                  shard_size=settings.shard_size, state=state,
+                                  empty=scores_frame(*[np.zeros(0)] * 3))
         if merged is None:
             return
         scores, skips = merged
-        remove_stale_shards(shards_dir, run_id)
         regions["crop"] = crop_numbers(regions)
         # Inner join in the regions' order: an unreadable image's rows have no score.
         scored = regions.merge(scores, on=list(SCORE_DTYPES)[:2], how="inner",

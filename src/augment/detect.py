@@ -37,13 +37,7 @@ def run(params: Params, phrases_path: Path, coco_root: Path, shards_dir: Path, o
     from src.augment.grounding import detect_shards, detections_frame, plan_queries
     from src.augment.layout import find_image_dir
     from src.data.atomic import remove_stale_temps
-    from src.data.shard_map import (
-        digest,
-        fingerprint,
-        map_shards,
-        processor_digest,
-        remove_stale_shards,
-    )
+    from src.data.shard_map import digest, map_image_shards
     from src.data.tables import write_table
     from src.models.device_policy import detector_autocast_dtype, process_group, resolve_device
     from src.models.hub import load_pretrained
@@ -59,12 +53,6 @@ def run(params: Params, phrases_path: Path, coco_root: Path, shards_dir: Path, o
         max_text_len = model.config.max_text_len
         plan = plan_queries(pd.read_parquet(phrases_path), processor.tokenizer, max_text_len)
         image_dir = coco_root / find_image_dir(coco_root, [i.file_name for i in plan.images])
-        # `code` names this module: run as `python -m`, its __name__ is "__main__".
-        run_id = fingerprint(code="src.augment.detect",
-                             params={"floor_score": settings.floor_score},
-                             model=model_identity(params.detector_id),
-                             inputs={"processor": processor_digest(processor),
-                                     "images": str(image_dir)})
         items = [(i.image_id, digest([i.file_name, list(i.phrases)])) for i in plan.images]
 
         model.to(state.device)
@@ -80,13 +68,16 @@ def run(params: Params, phrases_path: Path, coco_root: Path, shards_dir: Path, o
                     bar.update(len(indices))
                     yield indices, frame, skips
 
-        merged = map_shards(items, work, shards_dir=shards_dir, run=run_id,
-                            shard_size=settings.shard_size, state=state,
-                            key_column="image_id", empty=detections_frame([]))
+        # `code` names this module: run as `python -m`, its __name__ is "__main__".
+        merged = map_image_shards(items, work, code="src.augment.detect",
+                                  params={"floor_score": settings.floor_score},
+                                  model=model_identity(params.detector_id), processor=processor,
+                                  image_dir=image_dir, shards_dir=shards_dir,
+                                  shard_size=settings.shard_size, state=state,
+                                  empty=detections_frame([]))
         if merged is None:
             return
         frame, skipped = merged
-        remove_stale_shards(shards_dir, run_id)
         unreadable = {i for ids in skipped.ids.values() for i in ids}
         loaded = [i for i in plan.images if i.image_id not in unreadable]
         found = set(frame["image_id"].tolist())

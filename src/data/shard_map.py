@@ -262,3 +262,20 @@ def map_shards(items: Sequence[tuple[int, str]], work: Work, *, shards_dir: Path
     if not state.is_main_process:
         return None
     return _merge(shards_dir, run, items, key_column, empty)
+
+
+def map_image_shards(items: Sequence[tuple[int, str]], work: Work, *, code: str,
+                     params: Mapping[str, Any], model: str, processor: object, image_dir: Path,
+                     shards_dir: Path, shard_size: int, state: PartialState,
+                     empty: pd.DataFrame) -> tuple[pd.DataFrame, SkipCounter] | None:
+    """`map_shards` for a step that runs one model over images (rows keyed by "image_id"),
+    whose run is the `fingerprint` of the step module `code`, its output-changing `params`,
+    the `model` identity (`src.models.weights.model_identity`), the processor and the image
+    folder. Once the main process has merged, the shards of other runs go."""
+    run = fingerprint(code=code, params=params, model=model,
+                      inputs={"processor": processor_digest(processor), "images": str(image_dir)})
+    merged = map_shards(items, work, shards_dir=shards_dir, run=run, shard_size=shard_size,
+                        state=state, key_column="image_id", empty=empty)
+    if merged is not None:
+        remove_stale_shards(shards_dir, run)
+    return merged
