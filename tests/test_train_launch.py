@@ -90,6 +90,7 @@ def test_two_processes_train_like_one(tiny_models, demo_coco: Path, train_file: 
     one_metrics = json.loads((tmp_path / "one" / "train.json").read_text())
     two_metrics = json.loads((tmp_path / "two" / "train.json").read_text())
     assert two_metrics["processes"] == 2
+    assert list((tmp_path / "two" / "lora-checkpoints").iterdir()) == []  # both ranks' samples
     assert two_metrics["samples_trained"] == one_metrics["samples_trained"] == 24
     assert two_metrics["val_loss"] == pytest.approx(one_metrics["val_loss"], rel=1e-4)
     a = load_file(tmp_path / "one" / "lora" / "adapter_model.safetensors")
