@@ -68,13 +68,16 @@ def run(params: Params, detections_path: Path, coco_root: Path, shards_dir: Path
                               for p in regions["phrase"]]
         images = region_images(regions)
         image_dir = coco_root / find_image_dir(coco_root, [i.file_name for i in images])
-        model, processor = load_clip(params.clip_model_id, state.device, clip_dtype(state.device))
+        model, processor = load_clip(params.clip_model_id, state.device, clip_dtype(state.device),
+                                     revision=params.clip_model_revision)
+        identity = model_identity(params.clip_model_id, params.clip_model_revision,
+                                  param="clip_model")
         # The caption template and min_box_frac reach each image's digest (its crops'
         # captions and boxes); batch size, workers and shard size are execution knobs.
         # `code` names this module: run as `python -m`, its __name__ is "__main__".
         run_id = fingerprint(code="src.augment.clip_score",
                              params={"crop_pad_frac": settings.crop_pad_frac},
-                             model=model_identity(params.clip_model_id),
+                             model=identity,
                              inputs={"processor": processor_digest(processor),
                                      "images": str(image_dir)})
         captions = regions["caption"].tolist()
@@ -103,7 +106,8 @@ def run(params: Params, detections_path: Path, coco_root: Path, shards_dir: Path
         unscored = len(regions) - len(scored)
         stats = {"candidates_in": len(detections),
                  "small_boxes": len(detections) - len(regions),
-                 "unscored": unscored, "regions": len(scored), "skipped": skips.as_dict()}
+                 "unscored": unscored, "regions": len(scored), "skipped": skips.as_dict(),
+                 "model": identity}
         write_table(scored, out, {**metadata, "clip_score": stats})
         logger.info("scored %d / %d candidates (%d boxes under %.0f%% of the image), %s; "
                     "median CLIP cosine %.3f", len(scored), len(detections),
