@@ -7,9 +7,9 @@
 
 The seed's command and the DVC `train` stage alike (`dvc repro train` gives the paths of
 dvc.yaml). Several GPUs: `accelerate launch --num_processes N -m src.train.finetune_llava ...`.
-Every knob not given on the command line comes from params.yaml (`train`, `model_id`,
-`seed` for the validation captions, `caption_prompt` for the validation prompt;
-`--seed` is the training seed, `train.seed`).
+Every knob not given on the command line comes from params.yaml (`train`, `model_id`, its
+`model_revision`, `seed` for the validation captions, `caption_prompt` for the validation
+prompt; `--seed` is the training seed, `train.seed`).
 """
 
 from __future__ import annotations
