@@ -67,6 +67,9 @@ logger = logging.getLogger(__name__)
 # Knobs that change how a run executes or reports, never the trained weights: a changed
 # value keeps resuming the same checkpoints.
 EXECUTION_KNOBS = ("eval_every", "save_every", "log_every", "num_workers")
+# Stood for in the fingerprint by the model's identity (the commit it resolved to): pinning
+# the commit a run already loaded keeps resuming its checkpoints.
+IDENTIFIED = ("model_revision",)
 IMAGE_ROOT_PROBE = 100  # examples whose images must not all be missing at start
 
 
@@ -252,7 +255,8 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
     model = _setup_model(config, accelerator.device)
     identity = model_identity(config.model_id, config.model_revision, param="model")
     run_fingerprint = fingerprint(
-        code=__name__, params={k: v for k, v in run_config.items() if k not in EXECUTION_KNOBS},
+        code=__name__, params={k: v for k, v in run_config.items()
+                               if k not in (*EXECUTION_KNOBS, *IDENTIFIED)},
         model=identity,
         inputs={"train_file": file_digest(paths.train_file), "images": str(paths.image_root),
                 "processor": processor_digest(processor),
