@@ -165,10 +165,9 @@ def score(captions: Mapping[int, str], references: Mapping[int, Sequence[str]],
     `captions`.
 
     `images` are read for CLIPScore (CLIP at `clip_revision`); without `clip_model_id` it is
-    left out. Without a
-    readable `instances_path`, CHAIR is left out: `chair_i`/`chair_s` are null and
-    `chair_unavailable` says why. Never fails on ids without references, empty captions (both
-    counted) or nothing left to score (metrics without scores).
+    left out. Without a readable `instances_path`, CHAIR is left out: `chair_i`/`chair_s` are
+    null and `chair_unavailable` says why. Never fails on ids without references, empty
+    captions (both counted) or nothing left to score (metrics without scores).
     """
     skips = SkipCounter().update(skips or SkipCounter())
     referenced = {i for i, refs in references.items() if refs}
