@@ -60,9 +60,9 @@ def _checksum(model: torch.nn.Module) -> float:
 
 
 def _hub_repo(cache: Path, repo_id: str, model_dir: Path, model_class: type | None) -> Path:
-    """`repo_id` in the hub cache: snapshot C1 = `model_dir`; C2 = the same with every weight
-    of its first parameter plus one (when `model_class` is given), tag v2 -> C2; main -> the
-    empty C0."""
+    """`repo_id` in the hub cache: snapshot C1 = `model_dir`; main -> the empty C0; with
+    `model_class`, C2 = the same with every weight of its first parameter plus one, and tag
+    v2 -> C2."""
     folder = cache / f"models--{repo_id.replace('/', '--')}"
     shutil.copytree(model_dir, folder / "snapshots" / C1)
     if model_class is not None:
@@ -71,10 +71,11 @@ def _hub_repo(cache: Path, repo_id: str, model_dir: Path, model_class: type | No
         with torch.no_grad():
             next(model.parameters()).add_(1.0)
         model.save_pretrained(folder / "snapshots" / C2)
+        (folder / "refs").mkdir()
+        (folder / "refs" / "v2").write_text(C2)
     (folder / "snapshots" / C0).mkdir()
-    (folder / "refs").mkdir()
+    (folder / "refs").mkdir(exist_ok=True)
     (folder / "refs" / "main").write_text(C0)
-    (folder / "refs" / "v2").write_text(C2)
     return folder
 
 
