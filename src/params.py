@@ -68,6 +68,12 @@ def _non_empty() -> typing.Any:
     return _rule(lambda v: bool(v.strip()), "must not be empty")
 
 
+def _revision() -> typing.Any:
+    return _rule(lambda v: v is None or bool(v.strip()),
+                 "must be a branch, tag or commit of the hub repository, or null for its "
+                 "main branch")
+
+
 def _compiles(text: str) -> bool:
     try:
         re.compile(text)
@@ -180,6 +186,10 @@ class Params:
     detector_id: str = _non_empty()
     clip_model_id: str = _non_empty()
     model_id: str = _non_empty()
+    # The hub revision of each model id: a commit pins it (null = the main branch, as cached).
+    detector_revision: str | None = _revision()
+    clip_model_revision: str | None = _revision()
+    model_revision: str | None = _revision()
     weights: WeightsParams
     caption_prompt: str = _non_empty()
     max_images: int = _at_least_zero(" (0 = all)")
@@ -214,10 +224,22 @@ def _box_placeholder_matches_format(params: Params) -> str | None:
             "box is written")
 
 
+def _revision_needs_hub_id(model: str) -> Callable[[Params], str | None]:
+    def check(params: Params) -> str | None:
+        model_id = getattr(params, f"{model}_id")
+        if getattr(params, f"{model}_revision") is None or not Path(model_id).is_dir():
+            return None
+        return (f"must be null: {model}_id {model_id!r} is a local directory, identified by "
+                "a digest of its files; a revision names a commit of a hub repository")
+    return check
+
+
 # Constraints between fields: (the key named in the error, a check returning the reason).
 CROSS_RULES: tuple[tuple[str, Callable[[Params], str | None]], ...] = (
     ("detect.floor_score", _floor_below_thresholds),
     ("assemble.region_prompt", _box_placeholder_matches_format),
+    *((f"{model}_revision", _revision_needs_hub_id(model))
+      for model in ("detector", "clip_model", "model")),
 )
 
 
@@ -231,8 +253,19 @@ def _error(source: str, key: str, value: object, reason: str) -> ParamsError:
     return ParamsError(f"{source}: {key}={value!r}: {reason}")
 
 
+def _optional(hint: object) -> type | None:
+    """`T` for a field typed `T | None` (null allowed), else None."""
+    args = typing.get_args(hint)
+    if len(args) == 2 and type(None) in args:
+        return next(arg for arg in args if arg is not type(None))
+    return None
+
+
 def _convert(hint: type, value: object, source: str, key: str) -> object:
-    """`value` as the field's type: ints for floats and float text (`1e-4`) are accepted."""
+    """`value` as the field's type: ints for floats and float text (`1e-4`) are accepted;
+    None where the field is `T | None`."""
+    if (inner := _optional(hint)) is not None:
+        return None if value is None else _convert(inner, value, source, key)
     if hint is float and isinstance(value, str) and FLOAT_TEXT.fullmatch(value.strip()):
         return float(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
@@ -318,11 +351,12 @@ def load_params(path: Path = Path("params.yaml")) -> Params:
 
 
 def param_type(key: str) -> type:
-    """The type of a dotted key's value, e.g. float for "train.lr" (for argparse)."""
+    """The type of a dotted key's value, e.g. float for "train.lr" (for argparse); `T` for a
+    `T | None` field."""
     cls: type = Params
     for name in key.split("."):
         cls = typing.get_type_hints(cls)[name]
-    return cls
+    return _optional(cls) or cls
 
 
 def override(params: Params, values: Mapping[str, object],

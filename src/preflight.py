@@ -17,18 +17,21 @@ def require_paths(*paths: Path) -> None:
         raise FileNotFoundError(f"missing input(s): {', '.join(missing)}")
 
 
-def model_problem(id_or_dir: str) -> str | None:
-    """Why the model cannot be loaded (not a local directory, not in the hub cache, and the
-    hub unreachable or without it), or None. Resolves only its config; weights load later."""
+def model_problem(id_or_dir: str, revision: str | None = None) -> str | None:
+    """Why the model cannot be loaded at `revision` (not a local directory, not in the hub
+    cache, and the hub unreachable or without it), or None. Resolves only its config;
+    weights load later."""
     try:
-        load_pretrained(AutoConfig.from_pretrained, id_or_dir)
+        load_pretrained(AutoConfig.from_pretrained, id_or_dir, revision=revision)
     except (OSError, ValueError) as error:
         return str(error)
     return None
 
 
-def require_models(*ids_or_dirs: str) -> None:
-    """OSError with the reason for every model that cannot be loaded."""
-    problems = [problem for problem in map(model_problem, ids_or_dirs) if problem]
+def require_models(*models: str | tuple[str, str | None]) -> None:
+    """OSError with the reason for every model that cannot be loaded; each is an id or
+    directory, or an (id, revision) pair."""
+    pairs = [(model, None) if isinstance(model, str) else model for model in models]
+    problems = [problem for problem in (model_problem(*pair) for pair in pairs) if problem]
     if problems:
         raise OSError("\n".join(problems))

@@ -34,6 +34,7 @@ from src.data.images import crop_box, load_rgb
 from src.data.jsonl import read_examples
 from src.data.tables import read_table
 from src.models.clip import load_clip
+from src.models.weights import directory_digest
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_QUERIES = 30  # the tiny GroundingDINO's object queries
@@ -51,7 +52,8 @@ def work(demo_coco: Path, tiny_models: dict[str, Path],
     return work
 
 
-def test_detections_schema_clamped_boxes_and_floor(work: Path, demo_coco: Path) -> None:
+def test_detections_schema_clamped_boxes_and_floor(work: Path, demo_coco: Path,
+                                                  tiny_models: dict[str, Path]) -> None:
     frame, metadata = read_table(work / "detections.parquet")
     assert tuple(frame.columns) == DETECTION_COLUMNS
     assert len(frame) == metadata["detect"]["candidates"] > 0
@@ -69,6 +71,7 @@ def test_detections_schema_clamped_boxes_and_floor(work: Path, demo_coco: Path) 
         phrase_table["image_id"].nunique(), phrase_table["image_id"].nunique(),
         len(phrase_table), {})
     assert stats["images_no_detections"] == stats["images"] - frame["image_id"].nunique()
+    assert stats["model"] == f"dir:{directory_digest(tiny_models['grounding-dino'])}"
 
 
 def test_floor_keeps_exactly_the_candidates_above_it(work: Path, demo_coco: Path,
@@ -212,7 +215,8 @@ def test_regions_are_scored_crops_of_big_enough_boxes(work: Path, demo_coco: Pat
     assert (regions["caption"] == regions["phrase"]).all()  # caption_template "{phrase}"
     assert metadata["clip_score"] == {"candidates_in": len(detections), "regions": len(regions),
                                       "small_boxes": len(detections) - len(big), "unscored": 0,
-                                      "skipped": {}}
+                                      "skipped": {},
+                                      "model": f"dir:{directory_digest(tiny_models['clip'])}"}
     # Batches of 7 crops regrouped across images give what CLIP says of each crop alone.
     model, processor = load_clip(str(tiny_models["clip"]), torch.device("cpu"))
     for row in regions.iloc[[0, 6, 7, len(regions) - 1]].itertuples():

@@ -130,6 +130,24 @@ def test_scientific_notation_is_a_float(tmp_path: Path) -> None:
         load_params(_write(tmp_path, {"train.lr": "nan"}))
 
 
+def test_a_revision_is_null_or_a_hub_ref_of_a_hub_id(tmp_path: Path) -> None:
+    params = load_params(REPO / "params.yaml")
+    assert (params.detector_revision, params.clip_model_revision, params.model_revision) == (
+        None, None, None)  # the hub's main branch
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    assert load_params(_write(tmp_path, {"model_revision": commit})).model_revision == commit
+    assert override(params, {"clip_model_revision": "v1.0"}).clip_model_revision == "v1.0"
+    with pytest.raises(ParamsError, match=r"model_revision='': must be a branch, tag or commit"):
+        load_params(_write(tmp_path, {"model_revision": ""}))
+    with pytest.raises(ParamsError, match=r"detector_revision=7: expected str"):
+        load_params(_write(tmp_path, {"detector_revision": 7}))
+    local = str(tmp_path)
+    with pytest.raises(ParamsError, match=rf"model_revision='v1': must be null: model_id "
+                                          rf"'{local}' is a local directory"):
+        load_params(_write(tmp_path, {"model_id": local, "model_revision": "v1"}))
+    assert load_params(_write(tmp_path, {"model_id": local})).model_id == local
+
+
 def test_override_replaces_by_dotted_key_and_validates() -> None:
     params = load_params(REPO / "params.yaml")
     changed = override(params, {"box_threshold": 0.4, "detect.batch_size": 4, "train.lr": 2e-4,
@@ -213,6 +231,13 @@ def test_infinite_lr_is_refused_before_any_model_loads(tmp_path: Path, command: 
     ("finetune", ["--seed", "1099511627776"], "train.seed=1099511627776: must be in"),
     ("evaluate", ["--num-examples", "-3"], "evaluate.num_examples=-3: must be >= 0"),
     ("evaluate", ["--num-beams", "0"], "evaluate.num_beams=0: must be > 0"),
+    # A revision of a local directory: the cwd is the repo, where `src` is a directory.
+    ("augment", ["--detector-id", "src", "--detector-revision", "v1"],
+     "detector_revision='v1': must be null: detector_id 'src' is a local directory"),
+    ("finetune", ["--model-id", "src", "--model-revision", "abc"],
+     "model_revision='abc': must be null: model_id 'src' is a local directory"),
+    ("evaluate", ["--clip-model-id", "src", "--clip-model-revision", "v1"],
+     "clip_model_revision='v1': must be null: clip_model_id 'src' is a local directory"),
 ])
 def test_bad_flag_fails_validation(command: str, flag: list[str], message: str) -> None:
     module, *args = SEED_COMMANDS[command]

@@ -150,8 +150,38 @@ def test_the_hub_cache_is_found_as_huggingface_hub_finds_it(
 @pytest.mark.parametrize("refs", [{}, {"main": "not-a-commit"}])
 def test_an_unresolvable_hub_id_names_the_model(tmp_path: Path, refs: dict[str, str]) -> None:
     _hub_model(tmp_path / "hub", "org/name", refs)
-    with pytest.raises(OSError, match=r"'org/name' is not in the hub cache"):
+    with pytest.raises(OSError, match=r"'org/name' at revision 'main' is not in the hub cache"):
         model_identity("org/name")
+
+
+def test_a_revision_picks_the_commit(tmp_path: Path) -> None:
+    """A pinned commit is itself; a branch or tag is the commit its cached ref names."""
+    folder = _hub_model(tmp_path / "hub", "org/name", {"main": C1, "v2": C2})
+    assert model_identity("org/name", C2) == f"hub:org/name@{C2}"
+    assert model_identity("org/name", "v2") == f"hub:org/name@{C2}"
+    assert model_identity("org/name", C1) == model_identity("org/name") == f"hub:org/name@{C1}"
+    (folder / "refs" / "main").write_text(C2)  # main moved: a pinned commit did not
+    assert model_identity("org/name", C1) == f"hub:org/name@{C1}"
+    assert model_identity("org/name") == f"hub:org/name@{C2}"
+    for missing in ("3" * 40, "v3"):
+        with pytest.raises(OSError, match=f"at revision '{missing}' is not in the hub cache"):
+            model_identity("org/name", missing)
+
+
+def test_an_unpinned_hub_id_logs_how_to_pin_it(tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    _hub_model(tmp_path / "hub", "org/name", {"main": C1})
+    with caplog.at_level("INFO", logger="src.models.weights"):
+        model_identity("org/name", C1, param="model")
+        assert caplog.messages == []
+        model_identity("org/name", param="model")
+    assert caplog.messages == [f"org/name is unpinned: loaded its main branch at commit {C1}; "
+                               f"pin it with `dvc exp run -S model_revision={C1}`"]
+
+
+def test_a_local_directory_has_no_revision(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="local directory: it has no revision"):
+        model_identity(_model_dir(tmp_path / "m"), C1)
 
 
 def test_a_ref_to_a_missing_snapshot_is_refused(tmp_path: Path) -> None:

@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clip-threshold", type=float)
     parser.add_argument("--detector-id")
     parser.add_argument("--clip-model-id")
+    parser.add_argument("--detector-revision", help="hub commit, branch or tag of the detector")
+    parser.add_argument("--clip-model-revision", help="hub commit, branch or tag of CLIP")
     parser.add_argument("--batch-size", type=int, help="images per GroundingDINO forward")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     args = parser.parse_args(argv)
@@ -64,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
         "max_images": args.max_images, "box_threshold": args.box_threshold,
         "text_threshold": args.text_threshold, "clip_threshold": args.clip_threshold,
         "detector_id": args.detector_id, "clip_model_id": args.clip_model_id,
+        "detector_revision": args.detector_revision,
+        "clip_model_revision": args.clip_model_revision,
         "detect.batch_size": args.batch_size,
         "detect.floor_score": _floor_for(defaults, args.box_threshold, args.text_threshold)})
     # Imported once params are valid: the ML libraries take seconds to import.
@@ -72,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
 
     captions_path = args.coco_root / "annotations" / f"captions_{args.split}2017.json"
     require_paths(captions_path)  # and both models, before the phrases and the detector run
-    require_models(params.detector_id, params.clip_model_id)
+    require_models((params.detector_id, params.detector_revision),
+                   (params.clip_model_id, params.clip_model_revision))
     work = args.out.parent / f"{args.out.stem}_work"
     atomic_write_text(work / "params.yaml",
                       yaml.safe_dump(dataclasses.asdict(params), sort_keys=False))

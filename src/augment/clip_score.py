@@ -63,7 +63,10 @@ def run(params: Params, detections_path: Path, coco_root: Path, shards_dir: Path
                               for p in regions["phrase"]]
         images = region_images(regions)
         image_dir = coco_root / find_image_dir(coco_root, [i.file_name for i in images])
-        model, processor = load_clip(params.clip_model_id, state.device, clip_dtype(state.device))
+        model, processor = load_clip(params.clip_model_id, state.device, clip_dtype(state.device),
+                                     revision=params.clip_model_revision)
+        identity = model_identity(params.clip_model_id, params.clip_model_revision,
+                                  param="clip_model")
         captions = regions["caption"].tolist()
         items = [(image.image_id, region_image_digest(image, captions)) for image in images]
 
@@ -81,7 +84,7 @@ def run(params: Params, detections_path: Path, coco_root: Path, shards_dir: Path
         # `code` names this module: run as `python -m`, its __name__ is "__main__".
         merged = map_image_shards(items, work, code="src.augment.clip_score",
                                   params={"crop_pad_frac": settings.crop_pad_frac},
-                                  model=model_identity(params.clip_model_id), processor=processor,
+                                  model=identity, processor=processor,
                                   image_dir=image_dir, shards_dir=shards_dir,
                                   shard_size=settings.shard_size, state=state,
                                   empty=scores_frame(*[np.zeros(0)] * 3))
@@ -95,7 +98,8 @@ def run(params: Params, detections_path: Path, coco_root: Path, shards_dir: Path
         unscored = len(regions) - len(scored)
         stats = {"candidates_in": len(detections),
                  "small_boxes": len(detections) - len(regions),
-                 "unscored": unscored, "regions": len(scored), "skipped": skips.as_dict()}
+                 "unscored": unscored, "regions": len(scored), "skipped": skips.as_dict(),
+                 "model": identity}
         write_table(scored, out, {**metadata, "clip_score": stats})
         logger.info("scored %d / %d candidates (%d boxes under %.0f%% of the image), %s; "
                     "median CLIP cosine %.3f", len(scored), len(detections),

@@ -47,9 +47,12 @@ def run(params: Params, phrases_path: Path, coco_root: Path, shards_dir: Path, o
         remove_stale_temps(out.parent, out.name)
         settings = params.detect
         # Model first: its tokenizer and text limit shape the prompts.
-        processor = load_pretrained(AutoProcessor.from_pretrained, params.detector_id)
+        revision = params.detector_revision
+        processor = load_pretrained(AutoProcessor.from_pretrained, params.detector_id,
+                                    revision=revision)
         model = load_pretrained(AutoModelForZeroShotObjectDetection.from_pretrained,
-                                params.detector_id).eval()
+                                params.detector_id, revision=revision).eval()
+        identity = model_identity(params.detector_id, revision, param="detector")
         max_text_len = model.config.max_text_len
         plan = plan_queries(pd.read_parquet(phrases_path), processor.tokenizer, max_text_len)
         image_dir = coco_root / find_image_dir(coco_root, [i.file_name for i in plan.images])
@@ -71,7 +74,7 @@ def run(params: Params, phrases_path: Path, coco_root: Path, shards_dir: Path, o
         # `code` names this module: run as `python -m`, its __name__ is "__main__".
         merged = map_image_shards(items, work, code="src.augment.detect",
                                   params={"floor_score": settings.floor_score},
-                                  model=model_identity(params.detector_id), processor=processor,
+                                  model=identity, processor=processor,
                                   image_dir=image_dir, shards_dir=shards_dir,
                                   shard_size=settings.shard_size, state=state,
                                   empty=detections_frame([]))
@@ -84,7 +87,8 @@ def run(params: Params, phrases_path: Path, coco_root: Path, shards_dir: Path, o
         stats = {"images": len(plan.images), "queries": sum(len(i.queries) for i in loaded),
                  "images_no_detections": sum(i.image_id not in found for i in loaded),
                  "candidates": len(frame), "skipped": skipped.as_dict(),
-                 "phrases": plan.num_phrases, "phrases_too_long": len(plan.too_long)}
+                 "phrases": plan.num_phrases, "phrases_too_long": len(plan.too_long),
+                 "model": identity}
         write_table(frame, out, {"detect": stats})
         logger.info("%d candidates from %d images (%d queries, %d with no candidate), %s, "
                     "%d phrases too long", len(frame), stats["images"], stats["queries"],

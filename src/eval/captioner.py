@@ -15,16 +15,18 @@ from src.models.llava import load_llava, load_processor, processor_image_size
 logger = logging.getLogger(__name__)
 
 
-def native_image_size(model_id: str) -> int:
+def native_image_size(model_id: str, revision: str | None = None) -> int:
     """The vision tower's own input side (336 for llava-hf/llava-1.5-7b-hf)."""
-    return int(load_pretrained(AutoConfig.from_pretrained, model_id).vision_config.image_size)
+    config = load_pretrained(AutoConfig.from_pretrained, model_id, revision=revision)
+    return int(config.vision_config.image_size)
 
 
 def load_captioner(model_id: str, adapter_dir: Path | None, *, device: torch.device,
-                   dtype: torch.dtype,
-                   pad_to_square: bool = False) -> tuple[LlavaForConditionalGeneration,
+                   dtype: torch.dtype, pad_to_square: bool = False,
+                   revision: str | None = None) -> tuple[LlavaForConditionalGeneration,
                                                          ProcessorMixin]:
-    """Base model plus optional adapter, ready for `generate`, with the matching processor.
+    """Base model (at `revision` of a hub id, None = main) plus optional adapter, ready for
+    `generate`, with the matching processor.
 
     With an adapter the processor (and so the image size) is the one saved beside it by
     training; without, the base checkpoint's processor at its native size, padding images
@@ -36,9 +38,9 @@ def load_captioner(model_id: str, adapter_dir: Path | None, *, device: torch.dev
         processor = load_pretrained(AutoProcessor.from_pretrained, str(adapter_dir))
         image_size = processor_image_size(processor)
     else:
-        image_size = native_image_size(model_id)
-        processor = load_processor(model_id, image_size, pad_to_square)
-    model = load_llava(model_id, image_size, dtype=dtype)
+        image_size = native_image_size(model_id, revision)
+        processor = load_processor(model_id, image_size, pad_to_square, revision=revision)
+    model = load_llava(model_id, image_size, dtype=dtype, revision=revision)
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
         logger.info("merged adapter %s into %s (image size %d)", adapter_dir, model_id, image_size)

@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="instances_val2017.json, for CHAIR (left out when absent)")
     parser.add_argument("--model-id", help="base LLaVA hub id or dir [params: model_id]")
     parser.add_argument("--clip-model-id", help="CLIP for CLIPScore [params: clip_model_id]")
+    parser.add_argument("--model-revision", help="hub commit, branch or tag of the base "
+                        "[params: model_revision]")
+    parser.add_argument("--clip-model-revision", help="[params: clip_model_revision]")
     parser.add_argument("--num-examples", type=int, help="0 = all [params: evaluate.*]")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-new-tokens", type=int)
@@ -74,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = override(load_params(args.params), {
         "model_id": args.model_id, "clip_model_id": args.clip_model_id, "seed": args.seed,
+        "model_revision": args.model_revision, "clip_model_revision": args.clip_model_revision,
         "caption_prompt": args.prompt,
         **{f"evaluate.{name}": getattr(args, name) for name in (
             "num_examples", "batch_size", "max_new_tokens", "num_beams", "meteor",

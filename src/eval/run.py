@@ -65,6 +65,8 @@ class EvalConfig:
     gallery_images: int
     pad_to_square: bool = False  # the base model's preprocessing (an adapter brings its own)
     instances_path: Path | None = None  # the val images' instances JSON, for CHAIR
+    model_revision: str | None = None  # hub revisions of model_id and clip_model_id (None = main)
+    clip_model_revision: str | None = None
 
     @classmethod
     def from_params(cls, params: Params, *, adapter_dir: Path | None, images_dir: Path,
@@ -78,7 +80,9 @@ class EvalConfig:
                                            knobs.num_beams),
                    batch_size=knobs.batch_size, num_workers=knobs.num_workers, meteor=knobs.meteor,
                    gallery_images=knobs.gallery_images,
-                   pad_to_square=params.train.pad_to_square, instances_path=instances_path)
+                   pad_to_square=params.train.pad_to_square, instances_path=instances_path,
+                   model_revision=params.model_revision,
+                   clip_model_revision=params.clip_model_revision)
 
 
 @dataclass(frozen=True)
@@ -105,15 +109,17 @@ def eval_images(captions: CaptionSet, images_dir: Path, num_examples: int,
 
 
 def _generate(config: EvalConfig, images: ImageDataset, shards_dir: Path,
-              state: PartialState) -> tuple[dict[int, str], SkipCounter] | None:
-    """Caption every image no finished shard holds; all captions and skips on the main
-    process. A shard is one batch: a killed run redoes at most the batches in flight."""
+              state: PartialState) -> tuple[dict[int, str], SkipCounter, str] | None:
+    """Caption every image no finished shard holds; all captions and skips, and the base
+    model's identity, on the main process. A shard is one batch: a killed run redoes at most
+    the batches in flight."""
     dtype = llava_dtype(state.device)
     model, processor = load_captioner(config.model_id, config.adapter_dir,
                                       pad_to_square=config.pad_to_square,
-                                      device=state.device, dtype=dtype)
-    weights = [model_identity(config.model_id),
-               config.adapter_dir and model_identity(config.adapter_dir)]
+                                      device=state.device, dtype=dtype,
+                                      revision=config.model_revision)
+    base = model_identity(config.model_id, config.model_revision, param="model")
+    weights = [base, config.adapter_dir and model_identity(config.adapter_dir)]
     run = fingerprint(code=__name__, params=vars(config.caption), model=digest(weights),
                       inputs={"processor": processor_digest(processor),
                               "images": str(config.images_dir)})
@@ -131,7 +137,8 @@ def _generate(config: EvalConfig, images: ImageDataset, shards_dir: Path,
     if merged is None:
         return None
     frame, skips = merged
-    return dict(zip(frame["image_id"].tolist(), frame["caption"].tolist(), strict=True)), skips
+    return (dict(zip(frame["image_id"].tolist(), frame["caption"].tolist(), strict=True)), skips,
+            base)
 
 
 def _metrics(corpus: Mapping[str, float], cider_wrong_images: float | None,
@@ -150,16 +157,17 @@ def _metrics(corpus: Mapping[str, float], cider_wrong_images: float | None,
 
 def score(captions: Mapping[int, str], references: Mapping[int, Sequence[str]],
           images: ImageDataset, *, clip_model_id: str | None, meteor: bool, num_workers: int,
+          clip_revision: str | None = None,
           device: torch.device, skips: SkipCounter | None = None,
           instances_path: Path | None = None,
           ) -> tuple[dict[str, float | int], list[dict], dict[int, ChairCaption]]:
     """Corpus metrics (with `skips` counted in), per-image rows and CHAIR per image for
     `captions`.
 
-    `images` are read for CLIPScore; without `clip_model_id` it is left out. Without a
-    readable `instances_path`, CHAIR is left out: `chair_i`/`chair_s` are null and
-    `chair_unavailable` says why. Never fails on ids without references, empty captions (both
-    counted) or nothing left to score (metrics without scores).
+    `images` are read for CLIPScore (CLIP at `clip_revision`); without `clip_model_id` it is
+    left out. Without a readable `instances_path`, CHAIR is left out: `chair_i`/`chair_s` are
+    null and `chair_unavailable` says why. Never fails on ids without references, empty
+    captions (both counted) or nothing left to score (metrics without scores).
     """
     skips = SkipCounter().update(skips or SkipCounter())
     referenced = {i for i, refs in references.items() if refs}
@@ -173,7 +181,7 @@ def score(captions: Mapping[int, str], references: Mapping[int, Sequence[str]],
                           images.image_root)
     clip = {}
     if clip_model_id is not None:
-        clip_model, clip_processor = load_clip(clip_model_id, device)
+        clip_model, clip_processor = load_clip(clip_model_id, device, revision=clip_revision)
         clip = score_images(clip_model, clip_processor, scored, captions, references,
                             batch_size=CLIP_BATCH_SIZE, num_workers=num_workers)
     image_ids = sorted(scores.per_image)
@@ -251,9 +259,9 @@ def evaluate(config: EvalConfig, outputs: EvalOutputs,
     """
     require_paths(config.ann_path, config.images_dir,
                   *([config.adapter_dir] if config.adapter_dir is not None else []))
-    require_models(config.model_id)
+    require_models((config.model_id, config.model_revision))
     find_java_bin_dir()
-    clip_problem = model_problem(config.clip_model_id)
+    clip_problem = model_problem(config.clip_model_id, config.clip_model_revision)
     if clip_problem is not None and state.is_main_process:
         logger.warning("CLIPScore will be left out: %s", clip_problem)
     for path in (outputs.metrics, outputs.predictions, outputs.per_image, outputs.gallery):
@@ -267,16 +275,21 @@ def evaluate(config: EvalConfig, outputs: EvalOutputs,
     finished = _generate(config, images, outputs.shards_dir, state)
     if finished is None:
         return None
-    captions, generation_skips = finished
+    captions, generation_skips, base = finished
     skips.update(generation_skips)
     references = {i: [c.caption for c in caps] for i, caps in caption_set.by_image().items()}
     metrics, rows, chair = score(captions, references, images,
                                  clip_model_id=None if clip_problem else config.clip_model_id,
+                                 clip_revision=config.clip_model_revision,
                                  meteor=config.meteor, num_workers=config.num_workers,
                                  device=state.device, skips=skips,
                                  instances_path=config.instances_path)
     if clip_problem is not None:
         metrics.update(clipscore=None, refclipscore=None, clipscore_unavailable=clip_problem)
+    else:
+        metrics["clip_model"] = model_identity(config.clip_model_id, config.clip_model_revision,
+                                               param="clip_model")
+    metrics["model"] = base  # the base weights captioned with: a hub commit or folder digest
     gallery = _gallery(rows, images, references, config.gallery_images, chair)
     write_outputs(outputs, metrics, captions, rows, gallery)
     shutil.rmtree(outputs.shards_dir)

@@ -12,10 +12,12 @@ from src.models.hub import load_pretrained
 
 
 def load_clip(
-    id_or_dir: str, device: torch.device, dtype: torch.dtype = torch.float32
+    id_or_dir: str, device: torch.device, dtype: torch.dtype = torch.float32, *,
+    revision: str | None = None,
 ) -> tuple[CLIPModel, ProcessorMixin]:
-    model = load_pretrained(CLIPModel.from_pretrained, id_or_dir, dtype=dtype)
-    processor = load_pretrained(AutoProcessor.from_pretrained, id_or_dir)
+    """CLIP and its processor, both at `revision` of a hub id (None = main)."""
+    model = load_pretrained(CLIPModel.from_pretrained, id_or_dir, revision=revision, dtype=dtype)
+    processor = load_pretrained(AutoProcessor.from_pretrained, id_or_dir, revision=revision)
     return model.to(device).eval(), processor
 
 

@@ -47,8 +47,10 @@ def format_answer(caption: str) -> str:
     return f" {caption}"
 
 
-def load_processor(id_or_dir: str, image_size: int, pad_to_square: bool = False) -> ProcessorMixin:
-    """The checkpoint's processor, resizing and centre-cropping images to `image_size`.
+def load_processor(id_or_dir: str, image_size: int, pad_to_square: bool = False, *,
+                   revision: str | None = None) -> ProcessorMixin:
+    """The checkpoint's processor (at `revision` of a hub id, None = main), resizing and
+    centre-cropping images to `image_size`.
 
     With `pad_to_square` images are first padded to a square with the mean colour, as
     LLaVA-1.5 was trained (its `expand2square`), so the crop cuts nothing away. The setting
@@ -56,7 +58,7 @@ def load_processor(id_or_dir: str, image_size: int, pad_to_square: bool = False)
     expands `<image>` into one token per patch of the pixels it produces, so the token
     count follows `image_size` (see `image_token_count`).
     """
-    processor = load_pretrained(AutoProcessor.from_pretrained, id_or_dir)
+    processor = load_pretrained(AutoProcessor.from_pretrained, id_or_dir, revision=revision)
     patch_size = processor.patch_size
     if image_size <= 0 or image_size % patch_size:
         raise ValueError(
@@ -173,8 +175,10 @@ def load_llava(
     dtype: torch.dtype,
     load_in_4bit: bool = False,
     device_map: str | dict | None = None,
+    revision: str | None = None,
 ) -> LlavaForConditionalGeneration:
-    """LLaVA from a hub id or local directory, its vision tower set to `image_size`.
+    """LLaVA from a hub id (at `revision`, None = main) or local directory, its vision tower
+    set to `image_size`.
 
     `load_in_4bit` loads the language model in nf4 (QLoRA); on a CPU-only machine pass
     `device_map="cpu"`. `dtype` is the dtype of the unquantised weights.
@@ -185,6 +189,7 @@ def load_llava(
     if load_in_4bit:
         check_4bit_support()
         kwargs["quantization_config"] = quantization_config()
-    model = load_pretrained(LlavaForConditionalGeneration.from_pretrained, id_or_dir, **kwargs)
+    model = load_pretrained(LlavaForConditionalGeneration.from_pretrained, id_or_dir,
+                            revision=revision, **kwargs)
     resize_vision_positions(model, image_size)
     return model

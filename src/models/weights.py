@@ -1,8 +1,10 @@
 """The identity of a model param (a hub id or a local directory), without reading the weights
 at every start.
 
-- A hub id resolves to the commit `from_pretrained` loaded: in the local Hugging Face hub
-  cache, `models--org--name/refs/main` names the commit of `snapshots/<commit>`.
+- A hub id resolves to the commit `from_pretrained` loaded at its revision (the param
+  `*_revision`): a pinned commit is itself; a branch or tag (null = main) is what the local
+  Hugging Face hub cache's `models--org--name/refs/<name>` names, the commit of
+  `snapshots/<commit>`. An unpinned id is logged with the command that pins it.
 - A local directory resolves to a digest of its files' relative names and bytes. Each
   file's sha256 is cached by (absolute path, size, mtime), as DVC caches its own hashes, in
   one SQLite file under the user's cache directory: every clone and every
@@ -15,6 +17,7 @@ at every start.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import sqlite3
@@ -22,15 +25,28 @@ from pathlib import Path
 
 from src.data.shard_map import file_digest
 
+logger = logging.getLogger(__name__)
+
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
-def model_identity(id_or_dir: str | Path) -> str:
-    """`dir:<digest of the files>` for a local directory, `hub:<id>@<commit>` for a hub id."""
+def model_identity(id_or_dir: str | Path, revision: str | None = None, *,
+                   param: str = "") -> str:
+    """`dir:<digest of the files>` for a local directory, `hub:<id>@<commit>` for a hub id at
+    `revision` (None = main). `param` (e.g. "model") names the params key whose `-S
+    <param>_revision=<commit>` pins an unpinned hub id, in the log line that says so."""
     path = Path(id_or_dir)
     if path.is_dir():
+        if revision is not None:
+            raise ValueError(f"{id_or_dir} is a local directory: it has no revision "
+                             f"({revision!r}); set the revision to null")
         return f"dir:{directory_digest(path)}"
-    return f"hub:{id_or_dir}@{hub_commit(str(id_or_dir))}"
+    commit = hub_commit(str(id_or_dir), revision)
+    if revision is None:
+        logger.info("%s is unpinned: loaded its main branch at commit %s; pin it with "
+                    "`dvc exp run -S %s_revision=%s`", id_or_dir, commit, param or "<model>",
+                    commit)
+    return f"hub:{id_or_dir}@{commit}"
 
 
 def hub_cache() -> Path:
@@ -43,16 +59,23 @@ def hub_cache() -> Path:
     return _cache_home("HF_HOME", "huggingface") / "hub"
 
 
-def hub_commit(repo_id: str) -> str:
-    """The commit the hub cache holds for `repo_id`'s main branch (OSError when not cached)."""
+def hub_commit(repo_id: str, revision: str | None = None) -> str:
+    """The commit of `repo_id` at `revision` (None = main) whose snapshot the hub cache holds:
+    a commit is itself, a branch or tag the commit its cached ref names (OSError when the
+    cache lacks it)."""
     folder = hub_cache() / f"models--{repo_id.replace('/', '--')}"
-    try:
-        commit = (folder / "refs" / "main").read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        commit = ""
+    name = revision or "main"
+    if COMMIT.fullmatch(name):
+        commit = name
+    else:
+        try:
+            commit = (folder / "refs" / name).read_text(encoding="utf-8").strip()
+        except (FileNotFoundError, NotADirectoryError):
+            commit = ""
     if not (COMMIT.fullmatch(commit) and (folder / "snapshots" / commit).is_dir()):
-        raise OSError(f"{repo_id!r} is not in the hub cache {hub_cache()}: load it once "
-                      f"online (`hf download {repo_id}`), or set the param to a local directory")
+        raise OSError(f"{repo_id!r} at revision {name!r} is not in the hub cache "
+                      f"{hub_cache()}: load it once online (`hf download {repo_id} "
+                      f"--revision {name}`), or set the param to a local directory")
     return commit
 
 

@@ -7,9 +7,9 @@
 
 The seed's command and the DVC `train` stage alike (`dvc repro train` gives the paths of
 dvc.yaml). Several GPUs: `accelerate launch --num_processes N -m src.train.finetune_llava ...`.
-Every knob not given on the command line comes from params.yaml (`train`, `model_id`,
-`seed` for the validation captions, `caption_prompt` for the validation prompt;
-`--seed` is the training seed, `train.seed`).
+Every knob not given on the command line comes from params.yaml (`train`, `model_id`, its
+`model_revision`, `seed` for the validation captions, `caption_prompt` for the validation
+prompt; `--seed` is the training seed, `train.seed`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 # params.yaml keys with a flag of their last part's name (--lr sets train.lr); absent flags
 # keep the params.yaml value.
-VALUE_FLAGS = ("model_id", *(f"train.{name}" for name in (
+VALUE_FLAGS = ("model_id", "model_revision", *(f"train.{name}" for name in (
     "seed", "epochs", "max_steps", "bsz", "grad_accum", "lr", "image_size", "lora_r", "lora_alpha",
     "lora_dropout", "lora_target", "max_length", "num_workers")))
 SWITCH_FLAGS = {"train.load_in_4bit": "QLoRA: nf4 base weights",

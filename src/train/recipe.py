@@ -69,6 +69,9 @@ logger = logging.getLogger(__name__)
 # Knobs that change how a run executes or reports, never the trained weights: a changed
 # value keeps resuming the same checkpoints.
 EXECUTION_KNOBS = ("eval_every", "save_every", "log_every", "num_workers")
+# Stood for in the fingerprint by the model's identity (the commit it resolved to): pinning
+# the commit a run already loaded keeps resuming its checkpoints.
+IDENTIFIED = ("model_revision",)
 IMAGE_ROOT_PROBE = 100  # examples whose images must not all be missing at start
 
 
@@ -80,16 +83,18 @@ class FinetuneConfig(TrainParams):
     data_seed: int  # params.yaml's `seed`: which val captions measure the validation loss
     val_prompt: str  # the full-image prompt, for the validation captions
     region_prompt: str  # assemble's, only checked: it reaches the model through the JSONL
+    model_revision: str | None = None  # model_id's hub revision (None = main)
     skip_malformed: bool = False  # count and skip malformed JSONL lines and val captions
     drop_bad_masks: bool = False  # count and drop examples whose mask check fails
 
     @classmethod
     def from_params(cls, params: Params) -> FinetuneConfig:
         """The `train` section (its `seed` drives initialisation, LoRA initialisation, data
-        order and dropout) plus model_id, the data seed and the prompts."""
+        order and dropout) plus model_id at its revision, the data seed and the prompts."""
         return cls(**asdict(params.train), model_id=params.model_id, data_seed=params.seed,
                    val_prompt=params.caption_prompt,
-                   region_prompt=params.assemble.region_prompt)
+                   region_prompt=params.assemble.region_prompt,
+                   model_revision=params.model_revision)
 
     def prompt_params(self) -> dict[str, str]:
         """The prompts, by their params.yaml keys."""
@@ -202,7 +207,8 @@ def _setup_model(config: FinetuneConfig, device: torch.device) -> PeftModel:
     quantized = config.load_in_4bit
     model = load_llava(config.model_id, config.image_size,
                        dtype=llava_dtype(device, load_in_4bit=quantized), load_in_4bit=quantized,
-                       device_map={"": str(device)} if quantized else None)
+                       device_map={"": str(device)} if quantized else None,
+                       revision=config.model_revision)
     lora = LoraSettings(config.lora_r, config.lora_alpha, config.lora_dropout,
                         config.lora_target, config.train_projector)
     return prepare_for_training(model, lora, gradient_checkpointing=config.gradient_checkpointing,
@@ -240,7 +246,7 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
     check_output_dir(paths.output_dir)
     if paths.metrics is not None:
         remove_stale_temps(paths.metrics.parent, paths.metrics.name)
-    require_models(config.model_id)
+    require_models((config.model_id, config.model_revision))
     if config.load_in_4bit:
         check_4bit_support()
     accelerator = Accelerator(
@@ -257,15 +263,18 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
                   "val_ann": str(paths.val_ann)}
 
     # Data first: its size sets the schedule. Then model, optimizer, schedule.
-    processor = load_processor(config.model_id, config.image_size, config.pad_to_square)
+    processor = load_processor(config.model_id, config.image_size, config.pad_to_square,
+                               revision=config.model_revision)
     check_prompts(config.prompt_params(),
                   partial(special_token_problem, reserved=special_token_texts(processor)))
     data = _setup_data(config, paths, processor, accelerator.num_processes,
                        accelerator.process_index)
     model = _setup_model(config, accelerator.device)
+    identity = model_identity(config.model_id, config.model_revision, param="model")
     run_fingerprint = fingerprint(
-        code=__name__, params={k: v for k, v in run_config.items() if k not in EXECUTION_KNOBS},
-        model=model_identity(config.model_id),
+        code=__name__, params={k: v for k, v in run_config.items()
+                               if k not in (*EXECUTION_KNOBS, *IDENTIFIED)},
+        model=identity,
         inputs={"train_file": file_digest(paths.train_file), "images": str(paths.image_root),
                 "processor": processor_digest(processor),
                 "processes": accelerator.num_processes})  # it sets the global batch
@@ -321,6 +330,7 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
         "malformed_lines": data.malformed, "trainable_params": sum(t for t, _ in counts.values()),
         "resumed_from_step": found[1].step if found else 0,
         "processes": accelerator.num_processes,
+        "model": identity,  # the base weights trained on: a hub commit or a folder digest
     }
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
