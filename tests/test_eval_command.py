@@ -154,3 +154,28 @@ def test_offline_unloadable_clip_still_writes_every_caption_metric(
     assert lines[0] == ["BLEU-4", f"{metrics['bleu4']:.4f}"]
     assert lines[1] == ["CIDEr", f"{metrics['cider']:.4f}"]
     assert ["CLIPScore", "unavailable"] in lines
+
+
+@pytest.mark.parametrize("adapter", [False, True])
+def test_special_token_text_in_the_prompt_is_refused_before_the_model_loads(
+        demo_coco: Path, tiny_models: dict[str, Path], tiny_adapter: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, adapter: bool) -> None:
+    """A prompt holding `<image>` would add a second image placeholder: named, and refused
+    once the processor (base or the adapter's) is known, before the model loads."""
+    from src.eval import captioner
+    from src.params import ParamsError
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(captioner, "load_llava", refuse)
+    extra = ["--prompt", "Caption <image> please."]
+    if adapter:
+        extra += ["--model", str(tiny_adapter)]
+    with pytest.raises(ParamsError) as error:
+        evaluate_coco.main(_args(demo_coco, tmp_path, tiny_models, *extra))
+    assert str(error.value) == (
+        "params: caption_prompt='Caption <image> please.': contains the special token text "
+        "'<image>', which the tokenizer reads as that token (a stray <image> misaligns the "
+        "image features and crashes training)")
+    assert not (tmp_path / "metrics.json").exists()

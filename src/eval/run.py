@@ -117,7 +117,8 @@ def _generate(config: EvalConfig, images: ImageDataset, shards_dir: Path,
     model, processor = load_captioner(config.model_id, config.adapter_dir,
                                       pad_to_square=config.pad_to_square,
                                       device=state.device, dtype=dtype,
-                                      revision=config.model_revision)
+                                      revision=config.model_revision,
+                                      prompts={"caption_prompt": config.caption.prompt})
     base = model_identity(config.model_id, config.model_revision, param="model")
     weights = [base, config.adapter_dir and model_identity(config.adapter_dir)]
     run = fingerprint(code=__name__, params=vars(config.caption), model=digest(weights),
