@@ -46,7 +46,7 @@ def train_file(demo_coco: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 def _seed_args(demo_coco: Path, train_file: Path, out: Path, llava: Path, params: Path,
                max_steps: int = 2) -> list[str]:
-    """The seed command: bsz 2 x grad_accum 2."""
+    """The seed command: bsz 2 x grad_accum 2 (a batch of 4 captions on one process)."""
     return ["--train-file", str(train_file),
             "--val-ann", str(demo_coco / "annotations" / "captions_val2017.json"),
             "--val-images", str(demo_coco / "val2017"), "--output-dir", str(out / "lora"),

@@ -108,7 +108,7 @@ def test_outputs_and_counted_image_skips(tiny_models, demo_coco: Path, train_fil
     small, image_root = _with_broken_images(demo_coco, train_file, tmp_path, good=4)
     with open(small, "a") as handle:
         handle.write('{"id": "bad", "image": "x.jpg"}\n')  # line 7: no kind, prompt, caption
-    config = tiny_config(tiny_models["llava"], bsz=1, grad_accum=2, max_steps=0,
+    config = tiny_config(tiny_models["llava"], batch_size=2, bsz=1, max_steps=0,
                          train_projector=True)
     paths = dataclasses.replace(demo_paths(demo_coco, small, tmp_path), image_root=image_root)
     with pytest.raises(JsonlError, match=rf"{small}:7: field 'kind'"):
@@ -145,7 +145,7 @@ def test_an_image_skipped_in_every_epoch_counts_once(tiny_models, demo_coco: Pat
                                                     train_file: Path, tmp_path: Path) -> None:
     """Two epochs over 2 good and 2 unreadable examples: 4 samples trained, 2 skips."""
     small, image_root = _with_broken_images(demo_coco, train_file, tmp_path, good=2)
-    config = tiny_config(tiny_models["llava"], bsz=2, grad_accum=1, max_steps=0, epochs=2,
+    config = tiny_config(tiny_models["llava"], batch_size=2, bsz=2, max_steps=0, epochs=2,
                          val_examples=1)
     paths = dataclasses.replace(demo_paths(demo_coco, small, tmp_path), image_root=image_root)
     metrics = finetune(config, paths, show_progress=False)
