@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from train_fixtures import REPO, write_demo_jsonl
 
 from src.data.jsonl import JsonlError
+from src.params import ParamsError
 from src.train import finetune_llava, loop, recipe
 from src.train.loop import NonFiniteError
 from src.train.outputs import MARKER_FILE, OutputDirError
@@ -86,6 +87,22 @@ def test_an_existing_folder_with_a_file_survives_output_dir(
             finetune_llava.main(args)
     assert sorted(p.name for p in models.iterdir()) == ["base", "notes.txt"]
     assert (models / "notes.txt").read_text() == "a month of work\n"
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.usefixtures("no_model_loads")
+def test_a_batch_size_the_launch_cannot_split_fails_before_any_model_loads(
+        tiny_models, demo_coco: Path, train_file: Path, params: Path, tmp_path: Path) -> None:
+    """train.batch_size must be whole rounds of train.bsz per process; the error names the
+    three numbers. The seed's --grad-accum and --batch-size set the same thing: not both."""
+    args = _seed_args(demo_coco, train_file, tmp_path, tiny_models["llava"], params)
+    with pytest.raises(ParamsError, match="give --batch-size or --grad-accum, not both"):
+        finetune_llava.main([*args, "--batch-size", "4"])
+    at = args.index("--grad-accum")
+    args = [*args[:at], *args[at + 2:], "--bsz", "4", "--batch-size", "6"]
+    with pytest.raises(ParamsError, match=r"^train\.batch_size=6 is not a multiple of "
+                                          r"train\.bsz=4 x 1 processes = 4: "):
+        finetune_llava.main(args)
     assert not (tmp_path / "checkpoints").exists()
 
 

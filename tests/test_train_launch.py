@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from train_fixtures import REPO, write_demo_jsonl
 from transformers import AutoProcessor
 
 from src.data.jsonl import read_examples, write_examples
 from src.models.llava import processor_image_size
-from src.train import finetune_llava, recipe
+from src.train import finetune_llava, loop, recipe
 from src.train.model import prepare_for_training
 
 # One torch thread: deterministic, and far faster than two on a busy 2-core machine.
@@ -83,31 +84,58 @@ def eleven(train_file: Path) -> Path:
     return path
 
 
-def test_the_batch_size_not_the_launch_decides_the_adapter(tiny_models, demo_coco: Path,
-                                                           eleven: Path, tmp_path: Path) -> None:
+def _two_processes(args: list[str]) -> None:
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                    "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                    "--dynamo_backend", "no", "-m", "src.train.finetune_llava", *args],
+                   cwd=REPO, env=env, check=True, timeout=300)
+
+
+def test_the_batch_size_not_the_launch_decides_the_adapter(
+        tiny_models, demo_coco: Path, eleven: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """train.batch_size 4 as bsz 4 on 1 process, bsz 2 x accumulation 2 on 1 (the seed's
     --grad-accum) and bsz 2 on 2 gloo processes (--grad-accum 1: 2 x 1 x 2 processes): the
     same steps, each caption once (no padding of the short steps of 3), the same weights.
     The short step splits unevenly (1 process: 2 + 1; 2 processes: 2 and 1), so a loss that
-    averaged per micro-batch or per process would weigh its lone caption double."""
+    averaged per micro-batch or per process would weigh its lone caption double. A run
+    killed on 1 process at bsz 4 resumes on 2 at bsz 2 (execution knobs) to the same end."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["train"].update(save_every=2, log_every=1)  # no flag sets them
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+
     def args(name: str, *batch: str) -> list[str]:
         seed = _seed_args(demo_coco, eleven, tmp_path / name, tiny_models["llava"])
         at = seed.index("--grad-accum")
         return [*seed[:at], *seed[at + 2:], "--image-size", "32", "--lora-dropout", "0",
-                "--max-steps", "0", "--epochs", "2", *batch]
+                "--max-steps", "0", "--epochs", "2", "--params", str(params), *batch]
 
     finetune_llava.main(args("one", "--bsz", "4", "--batch-size", "4"))
     finetune_llava.main(args("accumulated", "--bsz", "2", "--grad-accum", "2"))
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-                    "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                    "--dynamo_backend", "no", "-m", "src.train.finetune_llava",
-                    *args("two", "--bsz", "2", "--grad-accum", "1")],
-                   cwd=REPO, env=env, check=True, timeout=300)
+    _two_processes(args("two", "--bsz", "2", "--grad-accum", "1"))
 
-    runs = ("one", "accumulated", "two")
+    original, calls = loop.Trainer._micro_step, []
+
+    def killed_in_step_4(self, batch, window):
+        calls.append(1)
+        if len(calls) == 4:  # 1 micro-batch per step: after checkpoint 2, before 4
+            raise KeyboardInterrupt
+        return original(self, batch, window)
+
+    monkeypatch.setattr(loop.Trainer, "_micro_step", killed_in_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        finetune_llava.main(args("resumed", "--bsz", "4", "--batch-size", "4"))
+    monkeypatch.setattr(loop.Trainer, "_micro_step", original)
+    assert [p.name for p in (tmp_path / "resumed" / "lora-checkpoints").iterdir()] == [
+        "step-00000002"]
+    _two_processes(args("resumed", "--bsz", "2", "--batch-size", "4"))
+
+    runs = ("one", "accumulated", "two", "resumed")
     metrics = {run: json.loads((tmp_path / run / "train.json").read_text()) for run in runs}
-    assert [metrics[run]["processes"] for run in runs] == [1, 1, 2]
+    assert [metrics[run]["processes"] for run in runs] == [1, 1, 2, 2]
+    assert metrics["resumed"]["resumed_from_step"] == 2
     for run in runs:
         config = json.loads((tmp_path / run / "lora" / "train_config.json").read_text())
         assert config["batch_size"] == 4

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from safetensors import safe_open
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from src.data.skips import SkipCounter
@@ -147,14 +147,17 @@ class Trainer:
         if not weights.is_file():
             self.accelerator.load_state(str(path))
         else:
-            self.accelerator.load_state(str(path), strict=False)  # trainable tensors only
-            trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
-            with safe_open(weights, framework="pt") as handle:
-                saved = set(handle.keys())
-            if saved != trainable:
+            # Optimizer, scheduler and RNG states; the trainable tensors are stored under the
+            # unwrapped model's names (`keep_trainable_weights`) and loaded into it here.
+            self.accelerator.load_state(str(path), strict=False)
+            model = self.accelerator.unwrap_model(self.model)
+            trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+            saved = load_file(weights)  # load_state_dict copies onto the device
+            if saved.keys() != trainable:
                 raise RuntimeError(f"checkpoint {path} holds {len(saved)} tensors, the model "
                                    f"has {len(trainable)} trainable ones (e.g. "
-                                   f"{sorted(saved ^ trainable)[0]}): not this run's")
+                                   f"{sorted(saved.keys() ^ trainable)[0]}): not this run's")
+            model.load_state_dict(saved, strict=False)
         logger.info("resumed from %s: step %d, epoch %d, %d steps into it", path, state.step,
                     state.epoch, state.batches_in_epoch)
 
