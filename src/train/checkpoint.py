@@ -5,8 +5,9 @@ weights only, optimizer, scheduler, RNG states) and `trainer_state.json`, writte
 so a directory without it is an interrupted save and is ignored. The JSON carries the
 run's fingerprint (`src.data.shard_map.fingerprint`: the training code and package
 versions, the config without execution knobs, the model's digest, the training file's
-bytes, the image root, the processor and the process count): checkpoints of another run
-are never resumed.
+bytes, the image root and the processor): checkpoints of another run are never resumed.
+The process count and the per-device batch are not in it: the step batches do not depend
+on them, and `batches_in_epoch` counts step batches, so a run resumes on another count.
 
 Checkpoints are resume scratch for a run that has not finished: once the adapter and the
 metrics are written, the run's checkpoints are removed. A killed run resumes (from the
@@ -37,7 +38,7 @@ PREFIX = "step-"
 class TrainerState:
     step: int  # optimizer steps done
     epoch: int  # the epoch in progress
-    batches_in_epoch: int  # batches of that epoch consumed (skip them on resume)
+    batches_in_epoch: int  # step batches of that epoch consumed (skipped on resume)
     fingerprint: str
     skipped: dict[str, list] = field(default_factory=dict)  # skipped example ids, by reason
     samples: int = 0  # captions trained on so far
