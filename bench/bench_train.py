@@ -68,7 +68,7 @@ def bench_row(model_dir: Path, coco: Path, train_file: Path, work: Path, *, bsz:
         image_size=image_size, batch_size=bsz, bsz=bsz, max_steps=2 * steps,
         load_in_4bit=quantized,
         gradient_checkpointing=gradient_checkpointing, val_examples=bsz,
-        eval_every=10**9, save_every=10**9, log_every=steps,
+        eval_every=10**9, save_every_minutes=10**6, log_every=steps,
         num_workers=2)
     run_dir = work / (f"{'qlora' if quantized else 'lora'}-bsz{bsz}-"
                       f"ckpt-{'on' if gradient_checkpointing else 'off'}")

@@ -139,7 +139,7 @@ class TrainParams:
     max_length: int = _positive()
     val_examples: int = _at_least_zero(" (0 = every val image)")
     eval_every: int = _positive()
-    save_every: int = _positive()
+    save_every_minutes: float = _at_least_zero(" (0 = after every step)")
     log_every: int = _positive()
     num_workers: int = _at_least_zero(" (0 = decode in the main process)")
 

@@ -100,9 +100,10 @@ def test_the_batch_size_not_the_launch_decides_the_adapter(
     same steps, each caption once (no padding of the short steps of 3), the same weights.
     The short step splits unevenly (1 process: 2 + 1; 2 processes: 2 and 1), so a loss that
     averaged per micro-batch or per process would weigh its lone caption double. A run
-    killed on 1 process at bsz 4 resumes on 2 at bsz 2 (execution knobs) to the same end."""
+    killed on 1 process at bsz 4 resumes on 2 at bsz 2 (execution knobs) to the same end,
+    from the middle of an epoch."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["train"].update(save_every=2, log_every=1)  # no flag sets them
+    raw["train"].update(save_every_minutes=0, log_every=1)  # no flag sets them
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
 
@@ -120,7 +121,7 @@ def test_the_batch_size_not_the_launch_decides_the_adapter(
 
     def killed_in_step_4(self, batch, window):
         calls.append(1)
-        if len(calls) == 4:  # 1 micro-batch per step: after checkpoint 2, before 4
+        if len(calls) == 5:  # 1 micro-batch per step: in epoch 2, after checkpoint 4
             raise KeyboardInterrupt
         return original(self, batch, window)
 
@@ -128,14 +129,14 @@ def test_the_batch_size_not_the_launch_decides_the_adapter(
     with pytest.raises(KeyboardInterrupt):
         finetune_llava.main(args("resumed", "--bsz", "4", "--batch-size", "4"))
     monkeypatch.setattr(loop.Trainer, "_micro_step", original)
-    assert [p.name for p in (tmp_path / "resumed" / "lora-checkpoints").iterdir()] == [
-        "step-00000002"]
+    assert sorted(p.name for p in (tmp_path / "resumed" / "lora-checkpoints").iterdir()) == [
+        "step-00000003", "step-00000004"]
     _two_processes(args("resumed", "--bsz", "2", "--batch-size", "4"))
 
     runs = ("one", "accumulated", "two", "resumed")
     metrics = {run: json.loads((tmp_path / run / "train.json").read_text()) for run in runs}
     assert [metrics[run]["processes"] for run in runs] == [1, 1, 2, 2]
-    assert metrics["resumed"]["resumed_from_step"] == 2
+    assert metrics["resumed"]["resumed_from_step"] == 4
     for run in runs:
         config = json.loads((tmp_path / run / "lora" / "train_config.json").read_text())
         assert config["batch_size"] == 4

@@ -5,7 +5,8 @@ An optimizer step trains on one step batch (`train.batch_size` captions, all pro
 checkpoint is taken at a step boundary and records the step batches consumed, so a
 resumed run, on any process count or per-device batch, continues with the same batches,
 optimizer, scheduler and RNG states: it ends where an uninterrupted run ends, up to float
-rounding.
+rounding. Checkpoints are spaced in minutes of work (`train.save_every_minutes`, by the main
+process's clock, its decision shared with every process), and the final step is saved too.
 
 The loss of a step is the mean over the step's captions of each caption's mean token loss
 (a short region caption weighs as much as a long one). Each micro-batch back-propagates
@@ -43,6 +44,8 @@ from src.train.sampler import MicroBatches
 logger = logging.getLogger(__name__)
 
 KEEP_CHECKPOINTS = 2  # older ones are deleted; the newest may be mid-write when killed
+# Seconds, for the checkpoint spacing; read on the main process only (tests replace it).
+clock = time.monotonic
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")
 MetricsSink = Callable[[int, dict[str, float]], None]
 
@@ -56,7 +59,7 @@ class LoopSettings:
     total_steps: int
     max_grad_norm: float
     eval_every: int
-    save_every: int
+    save_every_minutes: float  # of work between checkpoints, by the main process's clock
     log_every: int
     checkpoint_dir: Path
     fingerprint: str
@@ -195,6 +198,16 @@ class Trainer:
             prune(self.settings.checkpoint_dir, KEEP_CHECKPOINTS)
         self.accelerator.wait_for_everyone()
 
+    def _save_due(self, last_save: float) -> bool:
+        """Whether `save_every_minutes` have passed since `last_save` by the main process's
+        clock; every process gets the main process's answer, so all save at the same step."""
+        minutes = self.settings.save_every_minutes
+        if minutes == 0:
+            return True
+        due = self.accelerator.is_main_process and clock() - last_save >= 60 * minutes
+        flag = torch.tensor(float(due), device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum") > 0)
+
     def _epoch_steps(self, epoch: int,
                      skip: int) -> Iterator[tuple[int, list[dict[str, Any]]]]:
         """(step batches of the epoch consumed so far, this process's micro-batches of the
@@ -277,6 +290,7 @@ class Trainer:
         carried = accelerator.is_main_process
         skipped = SkipCounter(state.skipped if carried else {})
         samples = state.samples if carried else 0
+        last_save = clock()
         if state.step == 0:
             result.val_loss_initial = self.validate()
             self.log_metrics(0, {"val_loss": result.val_loss_initial})
@@ -309,12 +323,13 @@ class Trainer:
                     if step % settings.eval_every == 0 or last:
                         result.val_loss = self.validate()
                         self.log_metrics(step, {"val_loss": result.val_loss})
-                    if step % settings.save_every == 0 or last:
+                    if last or self._save_due(last_save):
                         done = consumed == self.steps_per_epoch
                         self._save(TrainerState(
                             step, epoch + done, 0 if done else consumed, settings.fingerprint,
                             skipped.gathered().ids, self._reduce_sum(samples),
                             result.train_loss, result.val_loss, result.val_loss_initial))
+                        last_save = clock()  # a save is not work a kill would lose
                     if last:
                         break
         bar.close()

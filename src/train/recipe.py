@@ -67,7 +67,7 @@ logger = logging.getLogger(__name__)
 # Knobs that change how a run executes or reports, never the trained weights: a changed
 # value keeps resuming the same checkpoints. `bsz` with them: `batch_size` fixes each step's
 # captions, and the per-device batch only sets how many micro-batches carry them.
-EXECUTION_KNOBS = ("bsz", "eval_every", "save_every", "log_every", "num_workers")
+EXECUTION_KNOBS = ("bsz", "eval_every", "save_every_minutes", "log_every", "num_workers")
 IMAGE_ROOT_PROBE = 100  # examples whose images must not all be missing at start
 
 
@@ -288,7 +288,7 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
     if paths.live_dir is not None and accelerator.is_main_process:
         live = LiveMetrics(paths.live_dir, found[1].step if found else None)
     settings = LoopSettings(total_steps, config.max_grad_norm, config.eval_every,
-                            config.save_every, config.log_every, paths.checkpoint_dir,
+                            config.save_every_minutes, config.log_every, paths.checkpoint_dir,
                             run_fingerprint)
     trainer = Trainer(accelerator, model, optimizer, scheduler, data.train_loader, data.batches,
                       val_loader, send_to_device(data.dummy_batch, accelerator.device), settings,
