@@ -251,6 +251,7 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
         _share_cpu_cores(accelerator.num_processes, config.num_workers)
     run_config = {**asdict(config), "train_file": str(paths.train_file),
                   "val_ann": str(paths.val_ann)}
+    del run_config["grad_accum"]  # resolved into batch_size above
 
     # Data first: its size sets the schedule. Then model, optimizer, schedule.
     processor = load_processor(config.model_id, config.image_size, config.pad_to_square)
