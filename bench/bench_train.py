@@ -65,9 +65,10 @@ def bench_row(model_dir: Path, coco: Path, train_file: Path, work: Path, *, bsz:
     """One recipe run of 2 x `steps`; its last log window is the measured second half."""
     config = dataclasses.replace(
         FinetuneConfig.from_params(load_params(REPO / "params.yaml")), model_id=str(model_dir),
-        image_size=image_size, bsz=bsz, grad_accum=1, max_steps=2 * steps, load_in_4bit=quantized,
+        image_size=image_size, batch_size=bsz, bsz=bsz, max_steps=2 * steps,
+        load_in_4bit=quantized,
         gradient_checkpointing=gradient_checkpointing, val_examples=bsz,
-        eval_every=10**9, save_every=10**9, log_every=steps,
+        eval_every=10**9, save_every_minutes=10**6, log_every=steps,
         num_workers=2)
     run_dir = work / (f"{'qlora' if quantized else 'lora'}-bsz{bsz}-"
                       f"ckpt-{'on' if gradient_checkpointing else 'off'}")
@@ -80,7 +81,7 @@ def bench_row(model_dir: Path, coco: Path, train_file: Path, work: Path, *, bsz:
         torch.cuda.reset_peak_memory_stats()
     metrics = finetune(config, paths, show_progress=False)
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    recomputed = metrics["layer_recomputations"] / (metrics["steps"] * config.grad_accum)
+    recomputed = metrics["layer_recomputations"] / metrics["steps"]  # 1 micro-batch a step
     if gradient_checkpointing and not recomputed:
         raise RuntimeError("gradient checkpointing was requested but no layer recomputed")
     return {"mode": "QLoRA nf4" if quantized else

@@ -127,8 +127,8 @@ class TrainParams:
     seed: int = _at_least_zero(" (training only; `seed` chooses the data)")
     epochs: int = _positive()
     max_steps: int = _at_least_zero(" (0 = train for `epochs`)")
-    bsz: int = _positive()
-    grad_accum: int = _positive()
+    batch_size: int = _positive(" (captions per optimizer step, all processes)")
+    bsz: int = _positive(" (captions per forward on one device)")
     lr: float = _positive()
     weight_decay: float = _at_least_zero()
     warmup_ratio: float = _in(0, 1)
@@ -145,7 +145,7 @@ class TrainParams:
     max_length: int = _positive()
     val_examples: int = _at_least_zero(" (0 = every val image)")
     eval_every: int = _positive()
-    save_every: int = _positive()
+    save_every_minutes: float = _at_least_zero(" (0 = after every step)")
     log_every: int = _positive()
     num_workers: int = _at_least_zero(" (0 = decode in the main process)")
 
@@ -203,6 +203,20 @@ class Params:
     train: TrainParams
     evaluate: EvaluateParams
     launch: LaunchParams
+
+
+def accumulation_steps(batch_size: int, bsz: int, num_processes: int) -> int:
+    """Micro-batches each process accumulates per optimizer step: `train.batch_size` (the
+    global batch, a hyperparameter) over `train.bsz` (the per-device batch, an execution
+    knob) x processes. Raises ParamsError naming the three numbers unless it divides."""
+    per_round = bsz * num_processes
+    if batch_size % per_round:
+        raise ParamsError(
+            f"train.batch_size={batch_size} is not a multiple of train.bsz={bsz} x "
+            f"{num_processes} processes = {per_round}: an optimizer step is whole rounds of "
+            "one micro-batch per process. Choose train.bsz and the process count so that "
+            "their product divides train.batch_size")
+    return batch_size // per_round
 
 
 def _floor_below_thresholds(params: Params) -> str | None:

@@ -89,9 +89,9 @@ def params(bad_coco: dict, tiny_models: dict[str, Path],
            tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_params(tmp_path_factory.mktemp("bad_params") / "params.yaml", tiny_models, **{
         "clip_threshold": -1.0, "model_id": str(tiny_models["llava"]),
-        "train.image_size": 32, "train.bsz": 2, "train.grad_accum": 1, "train.lr": 1e-3,
+        "train.image_size": 32, "train.batch_size": 2, "train.bsz": 2, "train.lr": 1e-3,
         "train.gradient_checkpointing": False, "train.max_length": 128,
-        "train.val_examples": 20, "train.eval_every": 100, "train.save_every": 100,
+        "train.val_examples": 20, "train.eval_every": 100, "train.save_every_minutes": 60,
         "train.log_every": 1, "evaluate.num_examples": 0, "evaluate.batch_size": 3,
         "evaluate.max_new_tokens": 4, "evaluate.meteor": False, "evaluate.gallery_images": 2})
 

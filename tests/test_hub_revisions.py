@@ -144,7 +144,7 @@ def test_the_seed_commands_train_and_evaluate_at_their_revision_flags(
     evaluation (main's snapshot is empty), and the metrics name the commits."""
     params = write_params(tmp_path / "params.yaml", tiny_models, **{
         "train.image_size": 32, "train.max_length": 128, "train.val_examples": 4,
-        "train.bsz": 2, "train.grad_accum": 1, "train.num_workers": 0})
+        "train.bsz": 2, "train.batch_size": 2, "train.num_workers": 0})
     write_demo_jsonl(demo_coco, tmp_path / "train.jsonl", regions=False, captions_per_image=1)
     _offline(hub, "-m", "src.train.finetune_llava", "--train-file", str(tmp_path / "train.jsonl"),
              "--val-ann", str(demo_coco / "annotations" / "captions_val2017.json"),

@@ -1,7 +1,6 @@
 """`dvc repro` on two CPU processes (gloo) through launch.num_processes: detect, clip_score,
-train and both evaluations run on two processes and give one process's outputs (train at
-the same global batch), and the count never makes DVC re-run a stage. The demo DAG at 12
-train and 4 val images."""
+train and both evaluations run on two processes and give one process's outputs, and the
+count never makes DVC re-run a stage. The demo DAG at 12 train and 4 val images."""
 
 from __future__ import annotations
 
@@ -66,17 +65,17 @@ def _outcomes(metrics: dict, prefix: str = "") -> dict[str, object]:
 
 SMALL = {"demo.num_train": 12, "demo.num_val": 4, "detect.num_workers": 0,
          "clip_score.num_workers": 0, "train.num_workers": 0, "evaluate.num_workers": 0,
-         "evaluate.meteor": False, "evaluate.batch_size": 2, "train.epochs": 1}
+         "evaluate.meteor": False, "evaluate.batch_size": 2, "train.epochs": 1,
+         "train.bsz": 4}
 
 
 @pytest.mark.slow
 def test_dvc_repro_on_two_processes_gives_the_outputs_of_one(tmp_path: Path) -> None:
-    # Train's global batch is train.bsz x processes (src/train/recipe.py), so the count is
-    # output-neutral for train only at the same global batch (12 x 1 process = 6 x 2), and
-    # only when the 84 examples fill the global batches: accelerate pads a short last batch
-    # with repeated samples on 2 processes (at 8 x 1 = 4 x 2: 88 samples trained, not 84).
-    one = _copy_repo(tmp_path / "one", **SMALL, **{"train.bsz": 12})
-    two = _copy_repo(tmp_path / "two", **SMALL, **{"launch.num_processes": 2, "train.bsz": 6})
+    # Only the count differs. train.batch_size (8, configs/demo.yaml) is each step's captions
+    # on any count: 4 x accumulation 2 on 1 process, 4 x 2 processes; each epoch's 84
+    # examples in 10 steps of 8 and a short one of 4, no caption repeated.
+    one = _copy_repo(tmp_path / "one", **SMALL)
+    two = _copy_repo(tmp_path / "two", **SMALL, **{"launch.num_processes": 2})
     _dvc(one, "repro")
     log = _dvc(two, "repro")
     assert log.count("on this process of 2") >= 4  # detect, clip_score, evaluate, evaluate_base
@@ -91,8 +90,10 @@ def test_dvc_repro_on_two_processes_gives_the_outputs_of_one(tmp_path: Path) -> 
         assert got.keys() == want.keys() and got, name
         assert flat_metrics(got) == pytest.approx(flat_metrics(want), rel=1e-3, abs=1e-4), name
 
-    # The count is an execution knob: changing it back leaves every stage up to date.
+    # The count and the per-device batch are execution knobs: changing them leaves every
+    # stage up to date.
     raw = yaml.safe_load((two / "params.yaml").read_text(encoding="utf-8"))
     raw["launch"]["num_processes"] = 1
+    raw["train"]["bsz"] = 2
     (two / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     assert "Data and pipelines are up to date" in _dvc(two, "status")

@@ -67,12 +67,13 @@ def test_evaluate_names_its_batch_size(tiny_models: dict[str, Path], demo_coco: 
                             num_workers=0, progress=False))
 
 
-def test_train_names_bsz_and_grad_accum(tiny_models: dict[str, Path], demo_coco: Path,
-                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_names_bsz(tiny_models: dict[str, Path], demo_coco: Path, tmp_path: Path,
+                         monkeypatch: pytest.MonkeyPatch) -> None:
     train_file = tmp_path / "train.jsonl"
     write_demo_jsonl(demo_coco, train_file, regions=False, captions_per_image=1)
     monkeypatch.setattr(LlavaForConditionalGeneration, "forward", _out_of_memory)
     with pytest.raises(OutOfMemory, match=r"^train ran out of device memory: lower train\.bsz "
-                                          r"\(now 4\) and raise train\.grad_accum \(now 2\)"):
+                                          r"\(now 4; the accumulation rises to keep "
+                                          r"train\.batch_size 8 "):
         finetune(tiny_config(tiny_models["llava"]), demo_paths(demo_coco, train_file, tmp_path),
                  show_progress=False)

@@ -35,7 +35,7 @@ def test_params_yaml_parses() -> None:
     params = load_params(REPO / "params.yaml")
     assert params.clip_threshold == pytest.approx(0.26)
     assert params.box_threshold == pytest.approx(0.30)
-    assert params.train.grad_accum == 16
+    assert params.train.batch_size == 16 and params.train.bsz == 1
 
 
 def test_typo_and_wrong_type_fail(tmp_path: Path) -> None:

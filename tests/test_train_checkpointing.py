@@ -62,10 +62,10 @@ def test_a_prepared_model_recomputes_each_language_layer_once(tiny_models) -> No
 def test_the_training_loop_recomputes_only_when_asked(tiny_models, demo_coco: Path,
                                                       train_file: Path, tmp_path: Path,
                                                       gradient_checkpointing: bool) -> None:
-    config = tiny_config(tiny_models["llava"], max_steps=2, grad_accum=2, eval_every=2,
+    config = tiny_config(tiny_models["llava"], max_steps=2, batch_size=8, bsz=4, eval_every=2,
                          gradient_checkpointing=gradient_checkpointing)
     metrics = finetune(config, demo_paths(demo_coco, train_file, tmp_path), show_progress=False)
-    micro_batches = metrics["steps"] * config.grad_accum
+    micro_batches = metrics["steps"] * config.batch_size // config.bsz
     expected = LM_LAYERS * micro_batches if gradient_checkpointing else 0
     assert metrics["layer_recomputations"] == expected
 

@@ -27,12 +27,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def params(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The repo's params on the tiny LLaVA, with a checkpoint every 2 steps (no flag sets it)
-    and few val images."""
+    """The repo's params on the tiny LLaVA, with a checkpoint after every step (no flag sets
+    it) and few val images."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["model_id"] = str(tiny_models["llava"])
-    raw["train"].update(save_every=2, eval_every=3, val_examples=8, log_every=1, image_size=32,
-                        max_length=128)
+    raw["train"].update(save_every_minutes=0, eval_every=3, val_examples=8, log_every=1,
+                        image_size=32, max_length=128)
     path = tmp_path_factory.mktemp("guards_params") / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -47,7 +47,7 @@ def train_file(demo_coco: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 def _seed_args(demo_coco: Path, train_file: Path, out: Path, llava: Path, params: Path,
                max_steps: int = 2) -> list[str]:
-    """The seed command: bsz 2 x grad_accum 2."""
+    """The seed command: bsz 2 x grad_accum 2 (a batch of 4 captions on one process)."""
     return ["--train-file", str(train_file),
             "--val-ann", str(demo_coco / "annotations" / "captions_val2017.json"),
             "--val-images", str(demo_coco / "val2017"), "--output-dir", str(out / "lora"),
@@ -87,6 +87,22 @@ def test_an_existing_folder_with_a_file_survives_output_dir(
             finetune_llava.main(args)
     assert sorted(p.name for p in models.iterdir()) == ["base", "notes.txt"]
     assert (models / "notes.txt").read_text() == "a month of work\n"
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.usefixtures("no_model_loads")
+def test_a_batch_size_the_launch_cannot_split_fails_before_any_model_loads(
+        tiny_models, demo_coco: Path, train_file: Path, params: Path, tmp_path: Path) -> None:
+    """train.batch_size must be whole rounds of train.bsz per process; the error names the
+    three numbers. The seed's --grad-accum and --batch-size set the same thing: not both."""
+    args = _seed_args(demo_coco, train_file, tmp_path, tiny_models["llava"], params)
+    with pytest.raises(ParamsError, match="give --batch-size or --grad-accum, not both"):
+        finetune_llava.main([*args, "--batch-size", "4"])
+    at = args.index("--grad-accum")
+    args = [*args[:at], *args[at + 2:], "--bsz", "4", "--batch-size", "6"]
+    with pytest.raises(ParamsError, match=r"^train\.batch_size=6 is not a multiple of "
+                                          r"train\.bsz=4 x 1 processes = 4: "):
+        finetune_llava.main(args)
     assert not (tmp_path / "checkpoints").exists()
 
 
@@ -194,7 +210,7 @@ def _checkpoint_files(checkpoints: Path) -> dict[Path, bytes]:
 
 @pytest.mark.parametrize(("fault", "micro_batch", "step", "loss", "kept"), [
     ("nan pixels", 9, 5, "nan .*;", 4),  # step 5's loss; after the step-4 checkpoint
-    ("nan weight", 8, 4, r"\d\.\d+ .*, weights not finite", 2),  # a finite loss, a NaN update
+    ("nan weight", 8, 4, r"\d\.\d+ .*, weights not finite", 3),  # a finite loss, a NaN update
 ])
 def test_a_nan_loss_stops_training_keeping_the_last_good_checkpoint(
         tiny_models, demo_coco: Path, train_file: Path, params: Path, tmp_path: Path,
@@ -225,8 +241,8 @@ def test_a_nan_loss_stops_training_keeping_the_last_good_checkpoint(
     with pytest.raises(NonFiniteError, match=rf"^step {step}: training loss {loss}"):
         finetune_llava.main(args)
     checkpoints = tmp_path / "checkpoints"
-    assert sorted(p.name for p in checkpoints.glob("step-*")) == [
-        f"step-{n:08d}" for n in range(2, kept + 1, 2)]
+    assert sorted(p.name for p in checkpoints.glob("step-*")) == [  # the 2 newest are kept
+        f"step-{n:08d}" for n in (kept - 1, kept)]
     assert _checkpoint_files(checkpoints) == saved
     last = checkpoints / f"step-{kept:08d}"
     state = json.loads((last / "trainer_state.json").read_text())

@@ -1,4 +1,4 @@
-"""The seed command on a demo JSONL, and a 2-process `accelerate launch` on the CPU (DDP)."""
+"""The seed command on a demo JSONL, and 2-process `accelerate launch`es on the CPU (DDP)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from train_fixtures import REPO, write_demo_jsonl
 from transformers import AutoProcessor
 
+from src.data.jsonl import read_examples, write_examples
 from src.models.llava import processor_image_size
-from src.train import finetune_llava, recipe
+from src.train import finetune_llava, loop, recipe
 from src.train.model import prepare_for_training
 
 # One torch thread: deterministic, and far faster than two on a busy 2-core machine.
@@ -73,27 +75,79 @@ def test_seed_command_trains_at_an_interpolated_image_size(
     assert [*(tmp_path / "lora-checkpoints").iterdir()] == []
 
 
-def test_two_processes_train_like_one(tiny_models, demo_coco: Path, train_file: Path,
-                                      tmp_path: Path) -> None:
-    """split_batches: 2 processes x bsz 2 see the batches of 1 process x bsz 4."""
-    common = [*_seed_args(demo_coco, train_file, tmp_path / "one", tiny_models["llava"]),
-              "--image-size", "32", "--lora-dropout", "0"]
-    finetune_llava.main(common)
-    two = [arg.replace(str(tmp_path / "one"), str(tmp_path / "two")) for arg in common]
-    two[two.index("--bsz") + 1] = "2"
+@pytest.fixture(scope="module")
+def eleven(train_file: Path) -> Path:
+    """11 examples: at train.batch_size 4, each epoch ends with a short step of 3."""
+    examples, _ = read_examples(train_file)
+    path = train_file.with_name("eleven.jsonl")
+    write_examples(path, examples[:11])
+    return path
+
+
+def _two_processes(args: list[str]) -> None:
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                     "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                    "--dynamo_backend", "no", "-m", "src.train.finetune_llava", *two],
+                    "--dynamo_backend", "no", "-m", "src.train.finetune_llava", *args],
                    cwd=REPO, env=env, check=True, timeout=300)
 
-    one_metrics = json.loads((tmp_path / "one" / "train.json").read_text())
-    two_metrics = json.loads((tmp_path / "two" / "train.json").read_text())
-    assert two_metrics["processes"] == 2
-    assert list((tmp_path / "two" / "lora-checkpoints").iterdir()) == []  # both ranks' samples
-    assert two_metrics["samples_trained"] == one_metrics["samples_trained"] == 24
-    assert two_metrics["val_loss"] == pytest.approx(one_metrics["val_loss"], rel=1e-4)
-    a = load_file(tmp_path / "one" / "lora" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "two" / "lora" / "adapter_model.safetensors")
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+
+def test_the_batch_size_not_the_launch_decides_the_adapter(
+        tiny_models, demo_coco: Path, eleven: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.batch_size 4 as bsz 4 on 1 process, bsz 2 x accumulation 2 on 1 (the seed's
+    --grad-accum) and bsz 2 on 2 gloo processes (--grad-accum 1: 2 x 1 x 2 processes): the
+    same steps, each caption once (no padding of the short steps of 3), the same weights.
+    The short step splits unevenly (1 process: 2 + 1; 2 processes: 2 and 1), so a loss that
+    averaged per micro-batch or per process would weigh its lone caption double. A run
+    killed on 1 process at bsz 4 resumes on 2 at bsz 2 (execution knobs) to the same end,
+    from the middle of an epoch."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["train"].update(save_every_minutes=0, log_every=1)  # no flag sets them
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+
+    def args(name: str, *batch: str) -> list[str]:
+        seed = _seed_args(demo_coco, eleven, tmp_path / name, tiny_models["llava"])
+        at = seed.index("--grad-accum")
+        return [*seed[:at], *seed[at + 2:], "--image-size", "32", "--lora-dropout", "0",
+                "--max-steps", "0", "--epochs", "2", "--params", str(params), *batch]
+
+    finetune_llava.main(args("one", "--bsz", "4", "--batch-size", "4"))
+    finetune_llava.main(args("accumulated", "--bsz", "2", "--grad-accum", "2"))
+    _two_processes(args("two", "--bsz", "2", "--grad-accum", "1"))
+
+    original, calls = loop.Trainer._micro_step, []
+
+    def killed_in_step_4(self, batch, window):
+        calls.append(1)
+        if len(calls) == 5:  # 1 micro-batch per step: in epoch 2, after checkpoint 4
+            raise KeyboardInterrupt
+        return original(self, batch, window)
+
+    monkeypatch.setattr(loop.Trainer, "_micro_step", killed_in_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        finetune_llava.main(args("resumed", "--bsz", "4", "--batch-size", "4"))
+    monkeypatch.setattr(loop.Trainer, "_micro_step", original)
+    assert sorted(p.name for p in (tmp_path / "resumed" / "lora-checkpoints").glob("step-*")) == [
+        "step-00000003", "step-00000004"]
+    _two_processes(args("resumed", "--bsz", "2", "--batch-size", "4"))
+
+    runs = ("one", "accumulated", "two", "resumed")
+    metrics = {run: json.loads((tmp_path / run / "train.json").read_text()) for run in runs}
+    assert [metrics[run]["processes"] for run in runs] == [1, 1, 2, 2]
+    assert metrics["resumed"]["resumed_from_step"] == 4
+    for run in runs:
+        assert list((tmp_path / run / "lora-checkpoints").iterdir()) == []  # samples too
+        config = json.loads((tmp_path / run / "lora" / "train_config.json").read_text())
+        assert config["batch_size"] == 4
+        assert metrics[run]["steps"] == 6  # 2 epochs of 4 + 4 + 3
+        assert metrics[run]["samples_trained"] == 22
+    want = load_file(tmp_path / "one" / "lora" / "adapter_model.safetensors")
+    for run in runs[1:]:
+        assert metrics[run]["loss"] == pytest.approx(metrics["one"]["loss"], rel=1e-5)
+        assert metrics[run]["val_loss"] == pytest.approx(metrics["one"]["val_loss"], rel=1e-5)
+        got = load_file(tmp_path / run / "lora" / "adapter_model.safetensors")
+        assert got.keys() == want.keys()
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-5)

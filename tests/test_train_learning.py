@@ -50,10 +50,10 @@ def test_lora_learns_to_caption_what_it_sees(tiny_models, tmp_path: Path) -> Non
     _shrink_to_input_size(coco, 32)
     train_file = tmp_path / "train.jsonl"
     write_demo_jsonl(coco, train_file, regions=False)
-    config = tiny_config(tiny_models["llava"], bsz=8, grad_accum=1, max_steps=1600, lr=1e-3,
+    config = tiny_config(tiny_models["llava"], batch_size=8, bsz=8, max_steps=1600, lr=1e-3,
                          warmup_ratio=0.03, lora_r=64, lora_alpha=64, lora_dropout=0.0,
                          lora_target=ALL_PROJECTIONS, train_projector=True, val_examples=100,
-                         eval_every=1600, save_every=1600, log_every=100)
+                         eval_every=1600, save_every_minutes=60, log_every=100)
     paths = demo_paths(coco, train_file, tmp_path / "run")
 
     with torch_threads(1):

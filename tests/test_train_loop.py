@@ -109,7 +109,7 @@ def test_outputs_and_counted_image_skips(tiny_models, demo_coco: Path, train_fil
     small, image_root = _with_broken_images(demo_coco, train_file, tmp_path, good=4)
     with open(small, "a") as handle:
         handle.write('{"id": "bad", "image": "x.jpg"}\n')  # line 7: no kind, prompt, caption
-    config = tiny_config(tiny_models["llava"], bsz=1, grad_accum=2, max_steps=0,
+    config = tiny_config(tiny_models["llava"], batch_size=2, bsz=1, max_steps=0,
                          train_projector=True)
     paths = dataclasses.replace(demo_paths(demo_coco, small, tmp_path), image_root=image_root)
     with pytest.raises(JsonlError, match=rf"{small}:7: field 'kind'"):
@@ -146,7 +146,7 @@ def test_an_image_skipped_in_every_epoch_counts_once(tiny_models, demo_coco: Pat
                                                     train_file: Path, tmp_path: Path) -> None:
     """Two epochs over 2 good and 2 unreadable examples: 4 samples trained, 2 skips."""
     small, image_root = _with_broken_images(demo_coco, train_file, tmp_path, good=2)
-    config = tiny_config(tiny_models["llava"], bsz=2, grad_accum=1, max_steps=0, epochs=2,
+    config = tiny_config(tiny_models["llava"], batch_size=2, bsz=2, max_steps=0, epochs=2,
                          val_examples=1)
     paths = dataclasses.replace(demo_paths(demo_coco, small, tmp_path), image_root=image_root)
     metrics = finetune(config, paths, show_progress=False)
@@ -166,7 +166,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny_models, demo_coco:
 
     def killed_in_step_4(self, batch, window):
         calls.append(1)
-        if len(calls) == 7:  # micro-batch 7 of 2 per step: after checkpoint 2, before 4
+        if len(calls) == 7:  # micro-batch 7 of 2 per step: after checkpoint 3, before 4
             raise Killed
         return original(self, batch, window)
 
@@ -175,11 +175,12 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny_models, demo_coco:
     with pytest.raises(Killed):
         finetune(config, paths, show_progress=False)
     monkeypatch.setattr(loop.Trainer, "_micro_step", original)
-    assert sorted(p.name for p in paths.checkpoint_dir.iterdir()) == ["samples", "step-00000002"]
+    assert sorted(p.name for p in paths.checkpoint_dir.iterdir()) == [
+        "samples", "step-00000002", "step-00000003"]  # saved every step, the 2 newest kept
     assert not paths.output_dir.exists()
     resumed = finetune(config, paths, show_progress=False)
 
-    assert resumed["resumed_from_step"] == 2 and resumed["steps"] == whole["steps"] == 6
+    assert resumed["resumed_from_step"] == 3 and resumed["steps"] == whole["steps"] == 6
     a, b = _adapter(tmp_path / "whole"), _adapter(tmp_path / "resumed")
     assert a.keys() == b.keys()
     for name in a:
@@ -188,6 +189,34 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny_models, demo_coco:
     assert resumed["loss"] == pytest.approx(whole["loss"], rel=1e-5)
     assert _steps(paths.live_dir, "loss") == [1, 2, 3, 4, 5, 6]  # no doubled steps
     assert _steps(paths.live_dir, "val_loss") == [0, 3, 6]
+
+
+@pytest.mark.parametrize(("minutes", "saved"), [(0, [1, 2, 3, 4, 5, 6]), (2, [2, 4, 6]),
+                                                (10**6, [6])])
+def test_checkpoints_are_spaced_in_minutes_of_work(tiny_models, demo_coco: Path,
+                                                  train_file: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  minutes: float, saved: list[int]) -> None:
+    """A clock that runs 30 s per micro-batch, 1 min per step of 2: every 2 minutes of work
+    is every 2 steps; 0 saves after every step; a long interval saves the final step only."""
+    now = [0.0]
+    micro_step, save = loop.Trainer._micro_step, loop.Trainer._save
+    steps = []
+
+    def timed(self, batch, window):
+        now[0] += 30
+        return micro_step(self, batch, window)
+
+    def recorded(self, state):
+        steps.append(state.step)
+        return save(self, state)
+
+    monkeypatch.setattr(loop, "clock", lambda: now[0])
+    monkeypatch.setattr(loop.Trainer, "_micro_step", timed)
+    monkeypatch.setattr(loop.Trainer, "_save", recorded)
+    metrics = finetune(tiny_config(tiny_models["llava"], save_every_minutes=minutes),
+                       demo_paths(demo_coco, train_file, tmp_path), show_progress=False)
+    assert metrics["steps"] == 6 and steps == saved
 
 
 def test_a_final_checkpoint_is_reused_only_by_the_same_code_and_config(

@@ -64,3 +64,13 @@ def test_the_data_seed_rebuilds_the_demo_world(tmp_path: Path) -> None:
     """The check can see upstream re-runs: `seed` still chooses the data."""
     assert {"demo", "phrases", "detect", "clip_score", "assemble", "train",
             "evaluate"} <= stages_rerun(tmp_path, seed=1)
+
+
+def test_the_step_batch_reruns_training_the_per_device_batch_nothing(tmp_path: Path) -> None:
+    """train.batch_size (captions per optimizer step) is a hyperparameter; train.bsz, the
+    workers and the checkpoint spacing are execution knobs: the same adapter on any value."""
+    (tmp_path / "step").mkdir()
+    (tmp_path / "knobs").mkdir()
+    assert stages_rerun(tmp_path / "step", **{"train.batch_size": 16}) == {"train", "evaluate"}
+    assert stages_rerun(tmp_path / "knobs", **{"train.bsz": 2, "train.num_workers": 0,
+                                               "train.save_every_minutes": 1}) == set()

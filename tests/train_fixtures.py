@@ -42,9 +42,9 @@ def write_demo_jsonl(coco_root: Path, path: Path, *, regions: bool = True,
 
 def tiny_config(llava_dir: Path, **overrides: object) -> FinetuneConfig:
     """The repo's params.yaml with the knobs a CPU run of the tiny LLaVA needs."""
-    tiny = {"model_id": str(llava_dir), "image_size": 32, "bsz": 4, "grad_accum": 2,
+    tiny = {"model_id": str(llava_dir), "image_size": 32, "batch_size": 8, "bsz": 4,
             "max_steps": 6, "lr": 1e-3, "gradient_checkpointing": False, "max_length": 128,
-            "val_examples": 8, "eval_every": 3, "save_every": 2, "log_every": 1,
+            "val_examples": 8, "eval_every": 3, "save_every_minutes": 0, "log_every": 1,
             "num_workers": 0}
     config = FinetuneConfig.from_params(load_params(REPO / "params.yaml"))
     return dataclasses.replace(config, **{**tiny, **overrides})

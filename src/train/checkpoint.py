@@ -5,8 +5,9 @@ weights only, optimizer, scheduler, RNG states) and `trainer_state.json`, writte
 so a directory without it is an interrupted save and is ignored. The JSON carries the
 run's fingerprint (`src.data.shard_map.fingerprint`: the training code and package
 versions, the config without execution knobs, the model's digest, the training file's
-bytes, the image root, the processor and the process count): checkpoints of another run
-are never resumed.
+bytes, the image root and the processor): checkpoints of another run are never resumed.
+The process count and the per-device batch are not in it: the step batches do not depend
+on them, and `batches_in_epoch` counts step batches, so a run resumes on another count.
 
 `<checkpoint_dir>/samples/` holds each process's encoded training and validation samples
 (`src.train.data.encode_examples`) while the run lives, at a path fixed by the split and the
@@ -28,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from src.data.atomic import atomic_write_json
 
@@ -42,7 +44,7 @@ SAMPLES_DIR = "samples"
 class TrainerState:
     step: int  # optimizer steps done
     epoch: int  # the epoch in progress
-    batches_in_epoch: int  # batches of that epoch consumed (skip them on resume)
+    batches_in_epoch: int  # step batches of that epoch consumed (skipped on resume)
     fingerprint: str
     skipped: dict[str, list] = field(default_factory=dict)  # skipped example ids, by reason
     samples: int = 0  # captions trained on so far
@@ -113,8 +115,10 @@ def prune(checkpoint_dir: Path, keep: int) -> None:
 def keep_trainable_weights(models: list[torch.nn.Module], weights: list[dict[str, torch.Tensor]],
                            output_dir: str) -> None:
     """accelerate save-state pre-hook: store only trainable tensors (LoRA, a trained
-    projector), not the frozen 7B base. Load back with `load_state(..., strict=False)`."""
+    projector), not the frozen 7B base, under the unwrapped model's names (without DDP's
+    `module.`), so that a run resumes on any process count (`Trainer.resume` loads them)."""
     for index, model in enumerate(models):
+        prefix = "module." if isinstance(model, DistributedDataParallel) else ""
         trainable = {name for name, param in model.named_parameters() if param.requires_grad}
-        weights[index] = {name: tensor for name, tensor in weights[index].items()
-                          if name in trainable}
+        weights[index] = {name.removeprefix(prefix): tensor
+                          for name, tensor in weights[index].items() if name in trainable}

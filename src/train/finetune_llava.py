@@ -10,6 +10,10 @@ dvc.yaml). Several GPUs: `accelerate launch --num_processes N -m src.train.finet
 Every knob not given on the command line comes from params.yaml (`train`, `model_id`, its
 `model_revision`, `seed` for the validation captions, `caption_prompt` for the validation
 prompt; `--seed` is the training seed, `train.seed`).
+
+The batch: `--batch-size` is `train.batch_size`, the captions per optimizer step on all
+processes together. The seed's `--grad-accum G` keeps its meaning: G micro-batches of
+`--bsz` per process per step, i.e. `--batch-size` = bsz x G x processes.
 """
 
 from __future__ import annotations
@@ -19,15 +23,15 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from src.params import load_params, override, param_type
+from src.params import ParamsError, load_params, override, param_type
 
 logger = logging.getLogger(__name__)
 
 # params.yaml keys with a flag of their last part's name (--lr sets train.lr); absent flags
 # keep the params.yaml value.
 VALUE_FLAGS = ("model_id", "model_revision", *(f"train.{name}" for name in (
-    "seed", "epochs", "max_steps", "bsz", "grad_accum", "lr", "image_size", "lora_r", "lora_alpha",
-    "lora_dropout", "lora_target", "max_length", "num_workers")))
+    "seed", "epochs", "max_steps", "batch_size", "bsz", "lr", "image_size", "lora_r",
+    "lora_alpha", "lora_dropout", "lora_target", "max_length", "num_workers")))
 SWITCH_FLAGS = {"train.load_in_4bit": "QLoRA: nf4 base weights",
                 "train.train_projector": "also train the multimodal projector"}
 
@@ -52,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     for key in VALUE_FLAGS:
         parser.add_argument(f"--{_dest(key).replace('_', '-')}", type=param_type(key))
+    parser.add_argument("--grad-accum", type=int,
+                        help="micro-batches per process per step: sets --batch-size to "
+                             "bsz x GRAD_ACCUM x processes")
     for key, help_text in SWITCH_FLAGS.items():
         parser.add_argument(f"--{_dest(key).replace('_', '-')}", action="store_true",
                             default=None, help=help_text)
@@ -69,6 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file
+    if args.grad_accum is not None and args.batch_size is not None:
+        raise ParamsError("command line: give --batch-size or --grad-accum, not both")
+    if args.grad_accum is not None and args.grad_accum < 1:
+        raise ParamsError(f"command line: --grad-accum={args.grad_accum}: must be > 0")
     params = override(load_params(args.params), {
         key: getattr(args, _dest(key))
         for key in (*VALUE_FLAGS, *SWITCH_FLAGS, "train.pad_to_square")})
@@ -76,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     from src.train.recipe import FinetuneConfig, FinetunePaths, finetune
 
     config = dataclasses.replace(FinetuneConfig.from_params(params),
+                                 grad_accum=args.grad_accum,
                                  skip_malformed=args.skip_malformed,
                                  drop_bad_masks=args.drop_bad_masks)
     paths = FinetunePaths(

@@ -1,13 +1,19 @@
 """The training loop: accelerate gradient accumulation, validation, checkpoints, resume.
 
-Steps are optimizer steps, counted on `sync_gradients`. A checkpoint is taken at a step
-boundary, so a resumed run skips the consumed batches of the epoch and continues with
-the same batch order, optimizer, scheduler and RNG states: it ends where an
-uninterrupted run ends, up to float rounding.
+An optimizer step trains on one step batch (`train.batch_size` captions, all processes;
+`src.train.sampler`), which each process reads as `accumulation` micro-batches. A
+checkpoint is taken at a step boundary and records the step batches consumed, so a
+resumed run, on any process count or per-device batch, continues with the same batches,
+optimizer, scheduler and RNG states: it ends where an uninterrupted run ends, up to float
+rounding. Checkpoints are spaced in minutes of work (`train.save_every_minutes`, by the main
+process's clock, its decision shared with every process), and the final step is saved too.
 
-The loss of a batch is the mean over its captions of each caption's mean token loss, so
-a short region caption weighs as much as a long one, and the gradient does not depend
-on how a global batch is split into micro-batches or processes.
+The loss of a step is the mean over the step's captions of each caption's mean token loss
+(a short region caption weighs as much as a long one). Each micro-batch back-propagates
+its captions' summed loss times `processes x accumulation / captions in the step`, which
+cancels DDP's mean over processes and accelerate's division by the accumulation: the
+gradient is that of the whole step batch at once, however it is split, a short last step
+and unreadable images included.
 
 A step whose loss or updated weights are not finite stops training (NonFiniteError)
 before anything of it is saved: the checkpoints on disk are of finite steps only, and no
@@ -25,19 +31,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, skip_first_batches
-from safetensors import safe_open
+from accelerate import Accelerator
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from src.data.skips import SkipCounter
 from src.models.llava import IGNORE_INDEX
 from src.train.checkpoint import TrainerState, checkpoint_path, prune, write_trainer_state
 from src.train.recompute import RecomputeCounter
-from src.train.sampler import LengthGroupedBatches
+from src.train.sampler import MicroBatches
 
 logger = logging.getLogger(__name__)
 
 KEEP_CHECKPOINTS = 2  # older ones are deleted; the newest may be mid-write when killed
+# Seconds, for the checkpoint spacing; read on the main process only (tests replace it).
+clock = time.monotonic
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")
 MetricsSink = Callable[[int, dict[str, float]], None]
 
@@ -51,7 +59,7 @@ class LoopSettings:
     total_steps: int
     max_grad_norm: float
     eval_every: int
-    save_every: int
+    save_every_minutes: float  # of work between checkpoints, by the main process's clock
     log_every: int
     checkpoint_dir: Path
     fingerprint: str
@@ -75,8 +83,10 @@ class LoopResult:
 class _Window:
     """What happened since the last log line (this process)."""
 
-    losses: list[torch.Tensor] = field(default_factory=list)  # one per optimizer step
-    micro_losses: list[torch.Tensor] = field(default_factory=list)  # of the current step
+    losses: list[float] = field(default_factory=list)  # one per optimizer step, all processes
+    micro_losses: list[torch.Tensor] = field(default_factory=list)  # summed, of the current step
+    # A caption's loss weight in the current step: processes x accumulation / its captions.
+    weight: float = 0.0
     tokens: int = 0
     samples: int = 0
     start: float = field(default_factory=time.perf_counter)
@@ -115,7 +125,7 @@ class Trainer:
 
     def __init__(self, accelerator: Accelerator, model: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, scheduler: Any,
-                 train_loader: Any, batches: LengthGroupedBatches, val_loader: Any,
+                 train_loader: Any, batches: MicroBatches, val_loader: Any,
                  dummy_batch: dict[str, torch.Tensor], settings: LoopSettings,
                  log_metrics: MetricsSink) -> None:
         self.accelerator = accelerator
@@ -130,8 +140,8 @@ class Trainer:
         self.dummy_batch = dummy_batch
         self.settings = settings
         self.log_metrics = log_metrics
-        steps_per_epoch = math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
-        self.num_epochs = math.ceil(settings.total_steps / steps_per_epoch)
+        self.steps_per_epoch = len(batches.steps)
+        self.num_epochs = math.ceil(settings.total_steps / self.steps_per_epoch)
 
     def resume(self, path: Path, state: TrainerState) -> None:
         """Load a checkpoint's accelerate state, checking every trainable tensor came back.
@@ -140,15 +150,18 @@ class Trainer:
         if not weights.is_file():
             self.accelerator.load_state(str(path))
         else:
-            self.accelerator.load_state(str(path), strict=False)  # trainable tensors only
-            trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
-            with safe_open(weights, framework="pt") as handle:
-                saved = set(handle.keys())
-            if saved != trainable:
+            # Optimizer, scheduler and RNG states; the trainable tensors are stored under the
+            # unwrapped model's names (`keep_trainable_weights`) and loaded into it here.
+            self.accelerator.load_state(str(path), strict=False)
+            model = self.accelerator.unwrap_model(self.model)
+            trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+            saved = load_file(weights)  # load_state_dict copies onto the device
+            if saved.keys() != trainable:
                 raise RuntimeError(f"checkpoint {path} holds {len(saved)} tensors, the model "
                                    f"has {len(trainable)} trainable ones (e.g. "
-                                   f"{sorted(saved ^ trainable)[0]}): not this run's")
-        logger.info("resumed from %s: step %d, epoch %d, %d batches into it", path, state.step,
+                                   f"{sorted(saved.keys() ^ trainable)[0]}): not this run's")
+            model.load_state_dict(saved, strict=False)
+        logger.info("resumed from %s: step %d, epoch %d, %d steps into it", path, state.step,
                     state.epoch, state.batches_in_epoch)
 
     def _losses(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -185,18 +198,34 @@ class Trainer:
             prune(self.settings.checkpoint_dir, KEEP_CHECKPOINTS)
         self.accelerator.wait_for_everyone()
 
-    def _epoch_batches(self, epoch: int, skip: int) -> Iterator[tuple[int, dict[str, Any]]]:
-        """(batches of the epoch consumed so far, batch), the first `skip` batches left out."""
-        self.batches.use_epoch(epoch)
-        loader = skip_first_batches(self.train_loader, skip) if skip else self.train_loader
-        yield from enumerate(loader, start=skip + 1)
+    def _save_due(self, last_save: float) -> bool:
+        """Whether `save_every_minutes` have passed since `last_save` by the main process's
+        clock; every process gets the main process's answer, so all save at the same step."""
+        minutes = self.settings.save_every_minutes
+        if minutes == 0:
+            return True
+        due = self.accelerator.is_main_process and clock() - last_save >= 60 * minutes
+        flag = torch.tensor(float(due), device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum") > 0)
+
+    def _epoch_steps(self, epoch: int,
+                     skip: int) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        """(step batches of the epoch consumed so far, this process's micro-batches of the
+        next one, on the device), the first `skip` step batches left out unread."""
+        self.batches.use_epoch(epoch, skip)
+        micro_batches = iter(self.train_loader)
+        device = self.accelerator.device
+        for consumed in range(skip + 1, self.steps_per_epoch + 1):
+            yield consumed, [{key: value.to(device) if torch.is_tensor(value) else value
+                              for key, value in next(micro_batches).items()}
+                             for _ in range(self.batches.accumulation)]
 
     def _micro_step(self, batch: dict[str, Any], window: _Window) -> None:
         with self.accelerator.accumulate(self.model):
-            loss = self._losses(batch).mean()
+            loss = self._losses(batch).sum()
             if "input_ids" not in batch:
                 loss = loss * 0.0
-            self.accelerator.backward(loss)
+            self.accelerator.backward(loss * window.weight)
             if self.accelerator.sync_gradients and self.settings.max_grad_norm > 0:
                 self.accelerator.clip_grad_norm_(self.model.parameters(),
                                                  self.settings.max_grad_norm)
@@ -208,27 +237,43 @@ class Trainer:
             window.tokens += int(batch["attention_mask"].sum())
             window.samples += len(batch["input_ids"])
 
-    def _check_finite(self, step: int, loss: torch.Tensor | None) -> None:
-        """Raise NonFiniteError, on every process alike, when this step's loss (None: all its
-        images were unreadable) or any trainable weight after its update is not finite."""
+    def _step(self, step: int, micro_batches: list[dict[str, Any]],
+              window: _Window) -> float | None:
+        """Train on one step batch; return its loss (None: all its images were unreadable)."""
+        captions = self._reduce_sum(sum(int(batch["kept"].sum()) for batch in micro_batches))
+        scale = self.accelerator.num_processes * self.batches.accumulation
+        window.weight = scale / captions if captions else 0.0
+        for batch in micro_batches:
+            self._micro_step(batch, window)
+        loss_sum = torch.stack(window.micro_losses).sum() if window.micro_losses else None
+        window.micro_losses = []
+        return self._check_finite(step, loss_sum, captions)
+
+    def _check_finite(self, step: int, loss_sum: torch.Tensor | None,
+                      captions: int) -> float | None:
+        """The step's mean caption loss over all processes (None without captions). Raise
+        NonFiniteError, on every process alike, when it or any trainable weight after the
+        step's update is not finite."""
         device = self.accelerator.device
         weights_ok = torch.stack([p.isfinite().all() for p in self.model.parameters()
                                   if p.requires_grad]).all()
-        flags = torch.stack([torch.tensor(0.0, device=device) if loss is None
-                             else loss.float().to(device), (~weights_ok).float().to(device)])
-        loss_sum, bad_weights = self.accelerator.reduce(flags, reduction="sum").tolist()
-        if not math.isfinite(loss_sum) or bad_weights:
+        flags = torch.stack([torch.tensor(0.0, device=device) if loss_sum is None
+                             else loss_sum.float().to(device), (~weights_ok).float().to(device)])
+        total, bad_weights = self.accelerator.reduce(flags, reduction="sum").tolist()
+        loss = total / captions if captions else None
+        if not math.isfinite(total) or bad_weights:
             weights = ", weights not finite after its update" if bad_weights else ""
+            shown = "n/a" if loss is None else f"{loss:.4g}"
             raise NonFiniteError(
-                f"step {step}: training loss {loss_sum / self.accelerator.num_processes:.4g} "
-                f"(mean over processes){weights}; stopped without saving this step: the "
-                f"checkpoints in {self.settings.checkpoint_dir} hold only earlier, finite "
-                "steps. Lower train.lr or check the data")
+                f"step {step}: training loss {shown} (mean over the step's {captions} "
+                f"captions){weights}; stopped without saving this step: the checkpoints in "
+                f"{self.settings.checkpoint_dir} hold only earlier, finite steps. Lower "
+                "train.lr or check the data")
+        return loss
 
     def _log(self, step: int, window: _Window) -> float:
         """Log the window's mean loss, lr and throughputs; return the loss."""
-        losses = torch.stack(window.losses).mean() if window.losses else torch.tensor(math.nan)
-        loss = float(self.accelerator.reduce(losses.to(self.accelerator.device), reduction="mean"))
+        loss = sum(window.losses) / len(window.losses) if window.losses else math.nan
         seconds = time.perf_counter() - window.start
         self.log_metrics(step, {"loss": loss, "lr": self.scheduler.get_last_lr()[0],
                                 "tokens_per_second": self._reduce_sum(window.tokens) / seconds,
@@ -245,6 +290,7 @@ class Trainer:
         carried = accelerator.is_main_process
         skipped = SkipCounter(state.skipped if carried else {})
         samples = state.samples if carried else 0
+        last_save = clock()
         if state.step == 0:
             result.val_loss_initial = self.validate()
             self.log_metrics(0, {"val_loss": result.val_loss_initial})
@@ -257,22 +303,17 @@ class Trainer:
                 if result.steps >= settings.total_steps:  # e.g. resumed from the final checkpoint
                     break
                 skip = state.batches_in_epoch if epoch == state.epoch else 0
-                for consumed, batch in self._epoch_batches(epoch, skip):
-                    for skip in batch["skipped"]:
-                        skipped.add(skip)
-                    samples += int(batch["kept"].sum())
-                    self._micro_step(batch, window)
-                    if not accelerator.sync_gradients:
-                        continue
+                for consumed, micro_batches in self._epoch_steps(epoch, skip):
+                    for batch in micro_batches:
+                        for skip in batch["skipped"]:
+                            skipped.add(skip)
+                        samples += int(batch["kept"].sum())
                     result.steps += 1
                     step = result.steps
+                    step_loss = self._step(step, micro_batches, window)
                     bar.update(1)
-                    step_loss = (torch.stack(window.micro_losses).mean()
-                                 if window.micro_losses else None)
                     if step_loss is not None:
                         window.losses.append(step_loss)
-                        window.micro_losses = []
-                    self._check_finite(step, step_loss)
                     last = step == settings.total_steps
                     if step % settings.log_every == 0 or last:
                         result.train_loss = self._log(step, window)
@@ -282,12 +323,13 @@ class Trainer:
                     if step % settings.eval_every == 0 or last:
                         result.val_loss = self.validate()
                         self.log_metrics(step, {"val_loss": result.val_loss})
-                    if step % settings.save_every == 0 or last:
-                        done = consumed == len(self.train_loader)
+                    if last or self._save_due(last_save):
+                        done = consumed == self.steps_per_epoch
                         self._save(TrainerState(
                             step, epoch + done, 0 if done else consumed, settings.fingerprint,
                             skipped.gathered().ids, self._reduce_sum(samples),
                             result.train_loss, result.val_loss, result.val_loss_initial))
+                        last_save = clock()  # a save is not work a kill would lose
                     if last:
                         break
         bar.close()

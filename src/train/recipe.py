@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from src.models.llava import (
     special_token_texts,
 )
 from src.models.weights import model_identity
-from src.params import Params, TrainParams, check_prompts
+from src.params import Params, TrainParams, accumulation_steps, check_prompts
 from src.preflight import require_models, require_paths
 from src.train.checkpoint import (
     TrainerState,
@@ -62,13 +62,14 @@ from src.train.live import LiveMetrics
 from src.train.loop import LoopSettings, Trainer
 from src.train.model import LoraSettings, parameter_counts, prepare_for_training
 from src.train.outputs import check_output_dir, save_adapter_dir
-from src.train.sampler import LengthGroupedBatches
+from src.train.sampler import LengthGroupedBatches, MicroBatches
 
 logger = logging.getLogger(__name__)
 
 # Knobs that change how a run executes or reports, never the trained weights: a changed
-# value keeps resuming the same checkpoints.
-EXECUTION_KNOBS = ("eval_every", "save_every", "log_every", "num_workers")
+# value keeps resuming the same checkpoints. `bsz` with them: `batch_size` fixes each step's
+# captions, and the per-device batch only sets how many micro-batches carry them.
+EXECUTION_KNOBS = ("bsz", "eval_every", "save_every_minutes", "log_every", "num_workers")
 # Stood for in the fingerprint by the model's identity (the commit it resolved to): pinning
 # the commit a run already loaded keeps resuming its checkpoints.
 IDENTIFIED = ("model_revision",)
@@ -84,6 +85,8 @@ class FinetuneConfig(TrainParams):
     val_prompt: str  # the full-image prompt, for the validation captions
     region_prompt: str  # assemble's, only checked: it reaches the model through the JSONL
     model_revision: str | None = None  # model_id's hub revision (None = main)
+    # The seed command's --grad-accum: batch_size becomes bsz x grad_accum x processes.
+    grad_accum: int | None = None
     skip_malformed: bool = False  # count and skip malformed JSONL lines and val captions
     drop_bad_masks: bool = False  # count and drop examples whose mask check fails
 
@@ -159,7 +162,7 @@ class _Data:
     dropped: SkipCounter  # training examples dropped before training, by reason
     val_dropped: SkipCounter
     malformed: int  # skipped JSONL lines
-    batches: LengthGroupedBatches
+    batches: MicroBatches
     train_loader: DataLoader
     val_loader: DataLoader
     dummy_batch: dict[str, Any]
@@ -187,8 +190,9 @@ def _setup_data(config: FinetuneConfig, paths: FinetunePaths, processor: Process
     val_dropped.update(val_malformed)
     collate = Collate(processor.tokenizer.pad_token_id)
     train_set = CaptionDataset(train_samples, processor, paths.image_root)
-    global_batch = config.bsz * num_processes
-    batches = LengthGroupedBatches(train_set.lengths(), global_batch, config.seed)
+    batches = MicroBatches(LengthGroupedBatches(train_set.lengths(), config.batch_size,
+                                                config.seed),
+                           config.bsz, num_processes, process_index)
     # A private generator: starting an epoch's iterator then draws nothing from the global
     # RNG, so a resumed run's dropout masks match an uninterrupted run's.
     loader_kwargs = {"collate_fn": collate, "num_workers": config.num_workers,
@@ -198,7 +202,7 @@ def _setup_data(config: FinetuneConfig, paths: FinetunePaths, processor: Process
         train_samples, val_samples, dropped, val_dropped, malformed, batches,
         DataLoader(train_set, batch_sampler=batches, **loader_kwargs),
         DataLoader(CaptionDataset(val_samples, processor, paths.val_images),
-                   batch_size=global_batch,
+                   batch_size=config.bsz * num_processes,
                    **loader_kwargs),
         _first_loadable(train_set, collate))
 
@@ -217,17 +221,17 @@ def _setup_model(config: FinetuneConfig, device: torch.device) -> PeftModel:
 
 def _banner(config: FinetuneConfig, data: _Data, processor: ProcessorMixin, num_processes: int,
             total_steps: int, counts: dict[str, tuple[int, int]]) -> None:
+    accumulation = data.batches.accumulation
     trainable, total = (sum(c[i] for c in counts.values()) for i in (0, 1))
     logger.info(
         "***** Running training *****\n"
         "  examples %d (dropped %s, %d malformed lines), validation %d (dropped %s)\n"
-        "  batch %d x accumulation %d x processes %d = %d captions per step\n"
+        "  batch %d x accumulation %d x processes %d = %d captions per step (train.batch_size)\n"
         "  steps %d (%d per epoch), image tokens %d per example\n"
         "  trainable parameters %s of %s: %s",
         len(data.train_samples), data.dropped.counts(), data.malformed, len(data.val_samples),
-        data.val_dropped.counts(), config.bsz, config.grad_accum, num_processes,
-        config.bsz * config.grad_accum * num_processes, total_steps,
-        math.ceil(len(data.batches) / config.grad_accum), image_token_count(processor),
+        data.val_dropped.counts(), config.bsz, accumulation, num_processes, config.batch_size,
+        total_steps, len(data.batches.steps), image_token_count(processor),
         f"{trainable:,}", f"{total:,}",
         ", ".join(f"{group} {t:,}/{n:,}" for group, (t, n) in counts.items()))
     for sample in data.train_samples[:2]:
@@ -250,17 +254,24 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
     if config.load_in_4bit:
         check_4bit_support()
     accelerator = Accelerator(
-        gradient_accumulation_steps=config.grad_accum,
         mixed_precision=mixed_precision(resolve_device()),
-        # The batch sampler yields global batches, split across processes: the effective
-        # batch (bsz x grad_accum x processes) and the batch order match one process.
+        # The training batches are dealt by src.train.sampler.MicroBatches, not by
+        # accelerate. split_batches: the validation batches (bsz x processes) are split
+        # across processes, and the scheduler steps once per optimizer step.
         dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
+    if config.grad_accum is not None:
+        config = replace(config, grad_accum=None, batch_size=config.bsz
+                                     * config.grad_accum * accelerator.num_processes)
+    # Before any model loads: a batch size the launch cannot split fails in seconds.
+    accelerator.gradient_accumulation_steps = accumulation_steps(
+        config.batch_size, config.bsz, accelerator.num_processes)
     set_seed(config.seed)
     if accelerator.device.type == "cpu":
         _share_cpu_cores(accelerator.num_processes, config.num_workers)
     run_config = {**asdict(config), "train_file": str(paths.train_file),
                   "val_ann": str(paths.val_ann)}
+    del run_config["grad_accum"]  # resolved into batch_size above
 
     # Data first: its size sets the schedule. Then model, optimizer, schedule.
     processor = load_processor(config.model_id, config.image_size, config.pad_to_square,
@@ -275,21 +286,23 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
         code=__name__, params={k: v for k, v in run_config.items()
                                if k not in (*EXECUTION_KNOBS, *IDENTIFIED)},
         model=identity,
+        # Not the process count: the step batches and their order do not depend on it, so
+        # a run killed on N processes resumes on M (dropout masks are drawn per process).
         inputs={"train_file": file_digest(paths.train_file), "images": str(paths.image_root),
-                "processor": processor_digest(processor),
-                "processes": accelerator.num_processes})  # it sets the global batch
+                "processor": processor_digest(processor)})
     counts = parameter_counts(model)
-    steps_per_epoch = math.ceil(len(data.batches) / config.grad_accum)
+    steps_per_epoch = len(data.batches.steps)
     total_steps = config.max_steps if config.max_steps > 0 else config.epochs * steps_per_epoch
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps)
     if accelerator.state.deepspeed_plugin is not None:  # it cannot read a batch sampler's size
-        accelerator.state.deepspeed_plugin.deepspeed_config[
-            "train_micro_batch_size_per_gpu"] = config.bsz
-    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        model, optimizer, data.train_loader, data.val_loader, scheduler)
+        accelerator.state.deepspeed_plugin.deepspeed_config.update(
+            train_micro_batch_size_per_gpu=config.bsz,
+            gradient_accumulation_steps=accelerator.gradient_accumulation_steps)
+    model, optimizer, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, data.val_loader, scheduler)
     accelerator.register_save_state_pre_hook(keep_trainable_weights)
 
     # Resume
@@ -301,18 +314,19 @@ def finetune(config: FinetuneConfig, paths: FinetunePaths, *,
     if paths.live_dir is not None and accelerator.is_main_process:
         live = LiveMetrics(paths.live_dir, found[1].step if found else None)
     settings = LoopSettings(total_steps, config.max_grad_norm, config.eval_every,
-                            config.save_every, config.log_every, paths.checkpoint_dir,
+                            config.save_every_minutes, config.log_every, paths.checkpoint_dir,
                             run_fingerprint)
-    trainer = Trainer(accelerator, model, optimizer, scheduler, train_loader, data.batches,
+    trainer = Trainer(accelerator, model, optimizer, scheduler, data.train_loader, data.batches,
                       val_loader, send_to_device(data.dummy_batch, accelerator.device), settings,
                       live if live is not None else lambda step, metrics: None)
     if found:
         trainer.resume(*found)
     _banner(config, data, processor, accelerator.num_processes, total_steps, counts)
 
-    advice = (f"lower train.bsz (now {config.bsz}) and raise train.grad_accum (now "
-              f"{config.grad_accum}) by the same factor, which keeps the effective batch; or "
-              "set train.gradient_checkpointing=true or train.load_in_4bit=true")
+    advice = (f"lower train.bsz (now {config.bsz}; the accumulation rises to keep "
+              f"train.batch_size {config.batch_size} captions per step, and the run resumes "
+              "from its checkpoints); or set train.gradient_checkpointing=true or "
+              "train.load_in_4bit=true")
     with oom_advice("train", advice):  # validation included: it runs at train.bsz too
         result = trainer.train(found[1] if found else TrainerState(0, 0, 0, run_fingerprint),
                                show_progress=show_progress)
