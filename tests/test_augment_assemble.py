@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -28,6 +29,7 @@ from src.augment.training_examples import (
     threshold_sweep,
 )
 from src.data.boxes import box_iou
+from src.data.jsonl import write_examples
 
 COLUMNS = ["name", "image_id", "phrase_index", "query_index", "box_x0", "box_y0", "box_x1",
            "box_y1", "box_score", "phrase_score", "clip_score"]
@@ -144,6 +146,28 @@ def test_assemble_examples_metrics_and_order(regions: pd.DataFrame,
         "phrases": 6, "phrases_too_long": 1, "candidates": 16, "candidates_small": 8,
         "after_box_text": 6, "after_nms": 4, "regions_kept": 3, "keep_rate": round(3 / 16, 4),
         "captions_empty": 1, "full_examples": 3, "region_examples": 3}
+
+
+def test_examples_are_the_same_bytes_whatever_the_chunk(regions: pd.DataFrame,
+                                                        config: AssembleConfig,
+                                                        tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Examples are built EXAMPLE_CHUNK images at a time; chunks of one and of two images
+    (captions out of image order, image 3 with a caption but no region) write the file
+    that one chunk of all images writes."""
+    captions = pd.concat([_captions(), _captions().head(1).assign(
+        image_id=3, file_name="000000000003.jpg", caption_id=31)])
+    result = assemble(captions.iloc[::-1], regions, _counts(), config, "train2017")
+    one_chunk = tmp_path / "one.jsonl"
+    assert write_examples(one_chunk, result.examples()) == 7  # 4 full + 3 regions (A, E, H)
+    for images in (1, 2):
+        monkeypatch.setattr(training_examples, "EXAMPLE_CHUNK", images)
+        chunked = tmp_path / f"chunks-of-{images}.jsonl"
+        write_examples(chunked, result.examples())
+        assert chunked.read_bytes() == one_chunk.read_bytes()
+    assert [e.id for e in result.examples()] == [
+        "1-full-10", "1-full-11", "1-region-0-0", "1-region-1-3", "2-full-20", "2-region-0-0",
+        "3-full-31"]
 
 
 def test_region_cap_follows_the_ratio(regions: pd.DataFrame, config: AssembleConfig) -> None:
