@@ -58,6 +58,7 @@ def run(params: Params, captions_path: Path, regions_path: Path, coco_root: Path
     from src.augment.region_truth import truth_metrics, truth_sweep, truth_table
     from src.augment.training_examples import (
         CANDIDATE_COLUMNS,
+        NARROW_COLUMNS,
         AssembleConfig,
         assemble,
         threshold_sweep,
@@ -80,7 +81,7 @@ def run(params: Params, captions_path: Path, regions_path: Path, coco_root: Path
 
     captions = pd.read_parquet(captions_path)
     regions, counts = read_table(regions_path, categorical=["file_name", "phrase", "caption"],
-                                 columns=CANDIDATE_COLUMNS)
+                                 columns=CANDIDATE_COLUMNS, narrow=NARROW_COLUMNS)
     image_dir_name = find_image_dir(coco_root, captions["file_name"].tolist())
     file_names = dict(zip(captions["image_id"], captions["file_name"], strict=True))
     unread = read_unread(coco_root / image_dir_name, file_names,

@@ -23,10 +23,12 @@ from src.data.jsonl import Example
 
 BOX_PLACEHOLDER = "{box}"
 REGION_KEY = ["image_id", "phrase_index", "query_index"]  # one (box, phrase) candidate
-# The columns of regions.parquet that the examples, the gallery and the truth matching use.
+# The columns of regions.parquet that the examples, the gallery and the truth matching use,
+# and those that fit in 32 bits (each int64 column takes 47 MB per copy at COCO scale).
 CANDIDATE_COLUMNS = ["image_id", "file_name", "width", "height", "phrase", "phrase_index",
                      "query_index", *BOX_COLUMNS, "box_score", "phrase_score", "caption",
                      "clip_score"]
+NARROW_COLUMNS = {name: "int32" for name in ("width", "height", "phrase_index", "query_index")}
 
 
 @dataclass(frozen=True)
