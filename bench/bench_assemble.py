@@ -8,7 +8,7 @@ Writes, in the project's schemas: a full-size `instances_train2017.json` (118,28
 run reads it whole, as a 5k run does on real COCO), then per size a `captions.parquet` (5
 captions per image) and a `regions.parquet` of 50 scored candidates per image whose
 phrases name COCO categories (so the ground-truth matching has matches to find), and runs
-the stage's own command (`stages.assemble`, the repo's params.yaml) in a fresh process.
+the stage's own command (`src.augment.assemble`, the repo's params.yaml) in a fresh process.
 Reports wall and CPU seconds (on a shared machine the CPU time is the steadier one) and the
 process's peak resident memory (VmHWM).
 """
@@ -120,7 +120,7 @@ def write_tables(work: Path, num_images: int, seed: int = 0) -> tuple[Path, Path
 
 def child(argv: list[str]) -> None:
     """Run the stage command in this process; print seconds and peak RSS as JSON."""
-    from stages.assemble import main as assemble_main
+    from src.augment.assemble import main as assemble_main
     start, cpu_start = time.perf_counter(), time.process_time()
     assemble_main(argv)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -28,6 +29,7 @@ from src.augment.training_examples import (
     threshold_sweep,
 )
 from src.data.boxes import box_iou
+from src.data.jsonl import write_examples
 
 COLUMNS = ["name", "image_id", "phrase_index", "query_index", "box_x0", "box_y0", "box_x1",
            "box_y1", "box_score", "phrase_score", "clip_score"]
@@ -129,13 +131,14 @@ def _counts(skipped: dict[str, list[int]] | None = None) -> dict:
 def test_assemble_examples_metrics_and_order(regions: pd.DataFrame,
                                              config: AssembleConfig) -> None:
     result = assemble(_captions(), regions, _counts(), config, "train2017")
-    ids = [e.id for e in result.examples]
+    examples = list(result.examples())
+    ids = [e.id for e in examples]
     assert ids == ["1-full-10", "1-full-11", "1-region-0-0", "1-region-1-3", "2-full-20",
                    "2-region-0-0"]
-    full = result.examples[1]
+    full = examples[1]
     assert (full.image, full.kind, full.bbox, full.prompt, full.caption) == (
         "train2017/000000000001.jpg", "full", None, "Caption it.", "One dog.")
-    region = result.examples[3]  # E
+    region = examples[3]  # E
     assert (region.bbox, region.prompt, region.caption, region.meta["clip_score"]) == (
         (2.0, 0.0, 12.0, 10.0), "Name it.", "a e thing", 0.27)
     assert result.metrics == {
@@ -145,17 +148,39 @@ def test_assemble_examples_metrics_and_order(regions: pd.DataFrame,
         "captions_empty": 1, "full_examples": 3, "region_examples": 3}
 
 
+def test_examples_are_the_same_bytes_whatever_the_chunk(regions: pd.DataFrame,
+                                                        config: AssembleConfig,
+                                                        tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Examples are built EXAMPLE_CHUNK images at a time; chunks of one and of two images
+    (captions out of image order, image 3 with a caption but no region) write the file
+    that one chunk of all images writes."""
+    captions = pd.concat([_captions(), _captions().head(1).assign(
+        image_id=3, file_name="000000000003.jpg", caption_id=31)])
+    result = assemble(captions.iloc[::-1], regions, _counts(), config, "train2017")
+    one_chunk = tmp_path / "one.jsonl"
+    assert write_examples(one_chunk, result.examples()) == 7  # 4 full + 3 regions (A, E, H)
+    for images in (1, 2):
+        monkeypatch.setattr(training_examples, "EXAMPLE_CHUNK", images)
+        chunked = tmp_path / f"chunks-of-{images}.jsonl"
+        write_examples(chunked, result.examples())
+        assert chunked.read_bytes() == one_chunk.read_bytes()
+    assert [e.id for e in result.examples()] == [
+        "1-full-10", "1-full-11", "1-region-0-0", "1-region-1-3", "2-full-20", "2-region-0-0",
+        "3-full-31"]
+
+
 def test_region_cap_follows_the_ratio(regions: pd.DataFrame, config: AssembleConfig) -> None:
     result = assemble(_captions(), regions, _counts(),
                       dataclasses.replace(config, max_region_ratio=0.5), "train2017")
     assert result.metrics["full_examples"] == 3
     assert result.metrics["region_examples"] == 1  # int(0.5 * 3): H, the best CLIP score
-    assert [e.id for e in result.examples if e.kind == "region"] == ["2-region-0-0"]
+    assert [e.id for e in result.examples() if e.kind == "region"] == ["2-region-0-0"]
 
 
 def test_skipped_images_give_no_examples(regions: pd.DataFrame, config: AssembleConfig) -> None:
     result = assemble(_captions(), regions, _counts({"truncated": [1]}), config, "train2017")
-    assert {e.id.split("-")[0] for e in result.examples if e.kind == "full"} == {"2"}
+    assert {e.id.split("-")[0] for e in result.examples() if e.kind == "full"} == {"2"}
     assert result.metrics["images_skipped"] == 1
     assert result.metrics["images_skipped_truncated"] == 1
 
@@ -165,7 +190,7 @@ def test_box_format_writes_the_box_into_the_prompt(regions: pd.DataFrame,
     box_config = dataclasses.replace(config, region_format="box",
                                      region_prompt="Describe the region {box} in one short phrase.")
     result = assemble(_captions(), regions, _counts(), box_config, "train2017")
-    region = next(e for e in result.examples if e.id == "1-region-1-3")  # E: (2, 0, 12, 10)
+    region = next(e for e in result.examples() if e.id == "1-region-1-3")  # E: (2, 0, 12, 10)
     assert region.bbox is None
     assert region.image == "train2017/000000000001.jpg"
     assert region.prompt == "Describe the region [0.10, 0.00, 0.60, 0.25] in one short phrase."

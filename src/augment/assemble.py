@@ -57,6 +57,8 @@ def run(params: Params, captions_path: Path, regions_path: Path, coco_root: Path
     from src.augment.layout import find_image_dir
     from src.augment.region_truth import truth_metrics, truth_sweep, truth_table
     from src.augment.training_examples import (
+        CANDIDATE_COLUMNS,
+        NARROW_COLUMNS,
         AssembleConfig,
         assemble,
         threshold_sweep,
@@ -67,7 +69,7 @@ def run(params: Params, captions_path: Path, regions_path: Path, coco_root: Path
     from src.data.images import read_image
     from src.data.jsonl import write_examples
     from src.data.skips import Skip, SkipCounter
-    from src.data.tables import read_table
+    from src.data.tables import read_table, release_unused
 
     settings = params.assemble
     config = AssembleConfig(
@@ -78,14 +80,16 @@ def run(params: Params, captions_path: Path, regions_path: Path, coco_root: Path
         seed=params.seed)
 
     captions = pd.read_parquet(captions_path)
-    regions, counts = read_table(regions_path, categorical=["file_name", "phrase", "caption"])
+    regions, counts = read_table(regions_path, categorical=["file_name", "phrase", "caption"],
+                                 columns=CANDIDATE_COLUMNS, narrow=NARROW_COLUMNS)
     image_dir_name = find_image_dir(coco_root, captions["file_name"].tolist())
     file_names = dict(zip(captions["image_id"], captions["file_name"], strict=True))
     unread = read_unread(coco_root / image_dir_name, file_names,
                          unread_images(captions, regions, counts))
     result = assemble(captions, regions, counts, config, image_dir_name, unread.ids)
     del regions  # the candidate table: millions of rows at COCO scale, done with
-    write_examples(out, result.examples)
+    release_unused()
+    write_examples(out, result.examples())
     sweep = threshold_sweep(result.after_nms)
     metrics, truth = result.metrics, None
     if instances_path is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
@@ -36,9 +37,9 @@ def choose_gallery(candidates: pd.DataFrame, chosen: pd.DataFrame, num_images: i
     """Boxes of up to `num_images` images (a seeded sample, by image id) of `candidates`,
     marked kept when the same candidate is in `chosen`."""
     key = ["image_id", "phrase_index", "query_index"]
-    kept = set(map(tuple, chosen[key].to_numpy().tolist()))
-    image_ids = sorted(set(candidates["image_id"].tolist()))
+    image_ids = np.unique(candidates["image_id"].to_numpy()).tolist()
     sample = sorted(random.Random(seed).sample(image_ids, min(num_images, len(image_ids))))
+    kept = set(map(tuple, chosen.loc[chosen["image_id"].isin(sample), key].to_numpy().tolist()))
     gallery: dict[int, list[GalleryBox]] = {}
     for row in candidates[candidates["image_id"].isin(sample)].itertuples(index=False):
         box = (float(row.box_x0), float(row.box_y0), float(row.box_x1), float(row.box_y1))

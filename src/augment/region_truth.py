@@ -112,9 +112,10 @@ def match_truth(regions: pd.DataFrame, truth: pd.DataFrame) -> TruthMatch:
     """
     correct = np.zeros(len(regions), dtype=bool)
     cover_score = np.full(len(truth), -np.inf)
-    categories = sorted(set(truth["category"]))
+    truth_codes, categories = pd.factorize(truth["category"])  # joined on codes, not strings
     phrase_codes, phrases = pd.factorize(regions["phrase"])
-    named = [(code, category) for code, phrase in enumerate(phrases)
+    code_of = {category: code for code, category in enumerate(categories)}
+    named = [(code, code_of[category]) for code, phrase in enumerate(phrases)
              for category in sorted(named_categories(phrase, categories))]
     if not named:
         return TruthMatch(correct, cover_score)
@@ -122,14 +123,15 @@ def match_truth(regions: pd.DataFrame, truth: pd.DataFrame) -> TruthMatch:
     pairs = (pd.DataFrame({"region_row": np.arange(len(regions)), "phrase_code": phrase_codes,
                            "image_id": regions["image_id"].to_numpy(np.int64)})
              .merge(pd.DataFrame({"phrase_code": np.array(codes, dtype=phrase_codes.dtype),
-                                  "category": np.array(named_category, dtype=object)}),
+                                  "category": np.array(named_category, dtype=truth_codes.dtype)}),
                     on="phrase_code")
              .merge(pd.DataFrame({"truth_row": np.arange(len(truth)),
                                   "image_id": truth["image_id"].to_numpy(np.int64),
-                                  "category": truth["category"].to_numpy(object)}),
+                                  "category": truth_codes}),
                     on=["image_id", "category"]))
     region_row, truth_row = pairs["region_row"].to_numpy(), pairs["truth_row"].to_numpy()
-    iou = paired_box_iou(regions[BOX_COLUMNS].to_numpy(float)[region_row],
+    del pairs
+    iou = paired_box_iou(regions[BOX_COLUMNS].to_numpy()[region_row].astype(float),
                          truth[BOX_COLUMNS].to_numpy(float)[truth_row])
     hit = iou >= IOU_MATCH
     correct[region_row[hit]] = True

@@ -11,7 +11,7 @@ examples in the same order.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,12 @@ from src.data.jsonl import Example
 
 BOX_PLACEHOLDER = "{box}"
 REGION_KEY = ["image_id", "phrase_index", "query_index"]  # one (box, phrase) candidate
+# The columns of regions.parquet that the examples, the gallery and the truth matching use,
+# and those that fit in 32 bits (each int64 column takes 47 MB per copy at COCO scale).
+CANDIDATE_COLUMNS = ["image_id", "file_name", "width", "height", "phrase", "phrase_index",
+                     "query_index", *BOX_COLUMNS, "box_score", "phrase_score", "caption",
+                     "clip_score"]
+NARROW_COLUMNS = {name: "int32" for name in ("width", "height", "phrase_index", "query_index")}
 
 
 @dataclass(frozen=True)
@@ -116,11 +122,16 @@ def box_text(box_xyxy: tuple[float, float, float, float], width: int, height: in
     return f"[{x0 / width:.2f}, {y0 / height:.2f}, {x1 / width:.2f}, {y1 / height:.2f}]"
 
 
+def normalised_caption(caption: object) -> str:
+    """A human caption with its whitespace runs collapsed ("" for an empty one)."""
+    return " ".join(str(caption).split())
+
+
 def full_examples(captions: pd.DataFrame, image_dir_name: str, prompt: str) -> list[Example]:
     """One example per human caption (whitespace normalised; empty captions dropped)."""
     examples = []
     for row in captions.itertuples(index=False):
-        caption = " ".join(str(row.caption).split())
+        caption = normalised_caption(row.caption)
         if caption:
             examples.append(Example(
                 id=f"{row.image_id}-full-{row.caption_id}",
@@ -162,21 +173,43 @@ def threshold_sweep(regions: pd.DataFrame) -> pd.DataFrame:
                          "regions_kept": [int((scores >= t).sum()) for t in thresholds]})
 
 
+EXAMPLE_CHUNK = 4096  # images whose examples are built and sorted at a time
+
+
 @dataclass(frozen=True)
 class Assembly:
-    examples: list[Example]
+    full: pd.DataFrame  # the captions that become full-image examples
     after_box_text: pd.DataFrame
     after_nms: pd.DataFrame
-    chosen: pd.DataFrame  # the regions that became examples
+    chosen: pd.DataFrame  # the regions that become region examples
     image_ids: frozenset[int]  # the readable captioned images the examples come from
     metrics: dict[str, Any]
+    image_dir_name: str
+    config: AssembleConfig
+
+    def examples(self) -> Iterator[Example]:
+        """All examples, sorted by (image id, kind, id), built EXAMPLE_CHUNK images at a
+        time: COCO train's 1.2M examples held at once took 1.8 GB. A chunk holds whole
+        images and the key starts with the image id, so the chunks' sorted runs, one
+        after another, are the whole sort."""
+        full_ids = self.full["image_id"].to_numpy()
+        region_ids = self.chosen["image_id"].to_numpy()
+        images = np.union1d(full_ids, region_ids)
+        for first in range(0, len(images), EXAMPLE_CHUNK):
+            low, high = images[first], images[min(first + EXAMPLE_CHUNK, len(images)) - 1]
+            full = self.full[(full_ids >= low) & (full_ids <= high)]
+            regions = self.chosen[(region_ids >= low) & (region_ids <= high)]
+            yield from sorted(
+                full_examples(full, self.image_dir_name, self.config.full_prompt)
+                + region_examples(regions, self.image_dir_name, self.config),
+                key=example_order)
 
 
 def unread_images(captions: pd.DataFrame, regions: pd.DataFrame,
                   counts: dict[str, Any]) -> list[int]:
     """The captioned images neither detect nor clip_score is known to have read: those
     without a phrase (detect never sees them) and those without a candidate."""
-    seen = set(regions["image_id"].tolist())
+    seen = set(regions["image_id"].unique().tolist())
     for part in (counts["detect"]["skipped"], counts["clip_score"]["skipped"]):
         seen.update(i for ids in part.values() for i in ids)
     return sorted(set(captions["image_id"].tolist()) - seen)
@@ -185,7 +218,8 @@ def unread_images(captions: pd.DataFrame, regions: pd.DataFrame,
 def assemble(captions: pd.DataFrame, regions: pd.DataFrame, counts: dict[str, Any],
              config: AssembleConfig, image_dir_name: str,
              unread_skipped: Mapping[str, Iterable[int]] | None = None) -> Assembly:
-    """All examples, sorted by (image id, kind, id), and flat metrics.
+    """The regions and captions that become examples (`Assembly.examples` builds them),
+    and flat metrics.
 
     `counts` is the metadata carried by regions.parquet: detect's and clip_score's
     counts, with the ids of the images they could not read (no example uses them).
@@ -198,7 +232,7 @@ def assemble(captions: pd.DataFrame, regions: pd.DataFrame, counts: dict[str, An
             skipped.setdefault(reason, set()).update(ids)
     unreadable = set().union(*skipped.values())
     usable = captions[~captions["image_id"].isin(unreadable)]
-    full = full_examples(usable, image_dir_name, config.full_prompt)
+    full = usable[np.array([bool(normalised_caption(c)) for c in usable["caption"]], dtype=bool)]
 
     after_box_text = passes_box_text(regions, config.box_threshold, config.text_threshold)
     after_nms = cross_phrase_nms(after_box_text, config.nms_iou)
@@ -206,7 +240,6 @@ def assemble(captions: pd.DataFrame, regions: pd.DataFrame, counts: dict[str, An
     chosen = cap_regions(kept, int(config.max_region_ratio * len(full)), config.seed)
     regions_kept = len(kept)
     del kept  # millions of rows at COCO scale, not needed past this point
-    examples = sorted(full + region_examples(chosen, image_dir_name, config), key=example_order)
 
     images = captions["image_id"].nunique()
     metrics = {
@@ -228,4 +261,5 @@ def assemble(captions: pd.DataFrame, regions: pd.DataFrame, counts: dict[str, An
         "region_examples": len(chosen),
     }
     image_ids = frozenset(int(i) for i in usable["image_id"].unique())
-    return Assembly(examples, after_box_text, after_nms, chosen, image_ids, metrics)
+    return Assembly(full, after_box_text, after_nms, chosen, image_ids, metrics, image_dir_name,
+                    config)

@@ -11,7 +11,7 @@ instead of coming back as other numbers (Parquet only checks its footer by itsel
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +39,28 @@ def read_metadata(path: Path) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
-def read_table(path: Path, categorical: Sequence[str] = ()) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The frame, every page checked against its checksum, and its metadata. `categorical`
-    string columns are read as pandas categoricals: one small code per row instead of one
-    Python string (5.9M rows of file names, phrases and captions at COCO scale take 1.2 GB
-    as strings, 70 MB as codes)."""
-    table = pq.read_table(path, read_dictionary=list(categorical),
-                          page_checksum_verification=True)
+def read_table(path: Path, categorical: Sequence[str] = (), columns: Sequence[str] | None = None,
+               narrow: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The frame (only `columns`, when given), every page checked against its checksum, and
+    its metadata. `categorical` string columns are read as pandas categoricals: one small
+    code per row instead of one Python string (5.9M rows of file names, phrases and
+    captions at COCO scale take 1.2 GB as strings, 70 MB as codes). `narrow` casts columns
+    to smaller Arrow types ("int32") before conversion; a value that does not fit raises.
+
+    The frame's columns live in Arrow's memory pool, which keeps freed buffers: once the
+    frame is gone, `release_unused` hands them back."""
+    table = pq.read_table(path, columns=None if columns is None else list(columns),
+                          read_dictionary=list(categorical), page_checksum_verification=True)
+    for name, kind in (narrow or {}).items():
+        table = table.set_column(table.schema.get_field_index(name), name,
+                                 table[name].cast(kind))
     frame = table.to_pandas(self_destruct=True, split_blocks=True)  # column by column
     del table
-    pa.default_memory_pool().release_unused()  # else Arrow's pool keeps the buffers
+    release_unused()
     return frame, read_metadata(path)
+
+
+def release_unused() -> None:
+    """Hand the buffers Arrow's pool keeps after they are freed back to the system."""
+    pa.default_memory_pool().release_unused()
 
