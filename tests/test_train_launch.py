@@ -84,11 +84,15 @@ def eleven(train_file: Path) -> Path:
     return path
 
 
-def _two_processes(args: list[str]) -> None:
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+def _two_processes(args: list[str], kill_at: int = 0) -> None:
+    """The seed command on 2 gloo processes; killed at micro-step `kill_at` (> 0) on both."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO)}
+    command = (["-m", "src.train.finetune_llava"] if not kill_at else
+               [str(REPO / "tests" / "killed_training.py"), str(kill_at)])
     subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                     "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                    "--dynamo_backend", "no", "-m", "src.train.finetune_llava", *args],
+                    "--dynamo_backend", "no", *command, *args],
                    cwd=REPO, env=env, check=True, timeout=300)
 
 
@@ -101,7 +105,8 @@ def test_the_batch_size_not_the_launch_decides_the_adapter(
     The short step splits unevenly (1 process: 2 + 1; 2 processes: 2 and 1), so a loss that
     averaged per micro-batch or per process would weigh its lone caption double. A run
     killed on 1 process at bsz 4 resumes on 2 at bsz 2 (execution knobs) to the same end,
-    from the middle of an epoch."""
+    from the middle of an epoch, and one killed on 2 processes resumes on 1 (the DDP-wrapped
+    model's checkpoint loads into the plain one)."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["train"].update(save_every_minutes=0, log_every=1)  # no flag sets them
     params = tmp_path / "params.yaml"
@@ -133,10 +138,16 @@ def test_the_batch_size_not_the_launch_decides_the_adapter(
         "step-00000003", "step-00000004"]
     _two_processes(args("resumed", "--bsz", "2", "--batch-size", "4"))
 
-    runs = ("one", "accumulated", "two", "resumed")
+    with pytest.raises(subprocess.CalledProcessError):
+        _two_processes(args("back", "--bsz", "2", "--batch-size", "4"), kill_at=5)
+    assert sorted(p.name for p in (tmp_path / "back" / "lora-checkpoints").glob("step-*")) == [
+        "step-00000003", "step-00000004"]
+    finetune_llava.main(args("back", "--bsz", "4", "--batch-size", "4"))
+
+    runs = ("one", "accumulated", "two", "resumed", "back")
     metrics = {run: json.loads((tmp_path / run / "train.json").read_text()) for run in runs}
-    assert [metrics[run]["processes"] for run in runs] == [1, 1, 2, 2]
-    assert metrics["resumed"]["resumed_from_step"] == 4
+    assert [metrics[run]["processes"] for run in runs] == [1, 1, 2, 2, 1]
+    assert metrics["resumed"]["resumed_from_step"] == metrics["back"]["resumed_from_step"] == 4
     for run in runs:
         assert list((tmp_path / run / "lora-checkpoints").iterdir()) == []  # samples too
         config = json.loads((tmp_path / run / "lora" / "train_config.json").read_text())

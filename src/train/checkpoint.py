@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from src.data.atomic import atomic_write_json
 
@@ -115,10 +114,10 @@ def prune(checkpoint_dir: Path, keep: int) -> None:
 def keep_trainable_weights(models: list[torch.nn.Module], weights: list[dict[str, torch.Tensor]],
                            output_dir: str) -> None:
     """accelerate save-state pre-hook: store only trainable tensors (LoRA, a trained
-    projector), not the frozen 7B base, under the unwrapped model's names (without DDP's
-    `module.`), so that a run resumes on any process count (`Trainer.resume` loads them)."""
+    projector), not the frozen 7B base. accelerate hands the hook the models as they were
+    before DDP wrapped them, so the names carry no `module.` and a run resumes on any process
+    count (`Trainer.resume` loads them into the unwrapped model)."""
     for index, model in enumerate(models):
-        prefix = "module." if isinstance(model, DistributedDataParallel) else ""
         trainable = {name for name, param in model.named_parameters() if param.requires_grad}
-        weights[index] = {name.removeprefix(prefix): tensor
+        weights[index] = {name: tensor
                           for name, tensor in weights[index].items() if name in trainable}
