@@ -40,4 +40,6 @@ def test_waiting_ends_when_the_worker_exits_and_times_out_naming_it(tmp_path: Pa
         wait_idle(0.2, tmp_path, poll=0.05)
     threading.Thread(target=worker.wait).start()  # reaped as it exits, as DVC's worker is
     wait_idle(10.0, tmp_path, poll=0.05)
-    assert worker.returncode == 0
+    with pytest.raises(ProcessLookupError):  # it ended: its pid is gone, not merely idle
+        os.kill(worker.pid, 0)
+    assert worker.wait(timeout=5) == 0  # the reaping thread may not have stored it yet
