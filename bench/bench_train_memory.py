@@ -64,14 +64,14 @@ def child(work: Path, train_file: Path, num_batches: int) -> dict[str, object]:
     coco = work / "coco"
     config = dataclasses.replace(
         FinetuneConfig.from_params(load_params(REPO / "params.yaml")),
-        model_id=str(work / "models" / "llava"), image_size=IMAGE_SIZE, bsz=8, val_examples=8,
-        num_workers=0)
+        model_id=str(work / "models" / "llava"), image_size=IMAGE_SIZE, batch_size=8, bsz=8,
+        val_examples=8, num_workers=0)
     processor = load_processor(config.model_id, config.image_size, config.pad_to_square)
     paths = FinetunePaths(train_file, coco, coco / "annotations" / "captions_val2017.json",
                           coco / "val2017", work / "out" / "lora", work / "out" / "checkpoints")
     before = _status_kib("VmRSS")
     start = time.perf_counter()
-    data = _setup_data(config, paths, processor, num_processes=1)
+    data = _setup_data(config, paths, processor, num_processes=1, process_index=0)
     setup_s = time.perf_counter() - start
     data.batches.use_epoch(0)
     tokens = 0
