@@ -181,7 +181,8 @@ def _special(token: str) -> str:
 
 
 def test_special_token_text_in_a_validation_caption_is_malformed_as_in_the_jsonl(
-        tiny_models, demo_coco: Path, train_file: Path, params: Path, tmp_path: Path) -> None:
+        tiny_models, demo_coco: Path, train_file: Path, params: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The caption validation uses for an image (its lowest-id one) holds `</s>`: an error
     naming the file and the caption id; with --skip-malformed the image is left out and
     counted."""
@@ -192,10 +193,15 @@ def test_special_token_text_in_a_validation_caption_is_malformed_as_in_the_jsonl
     val_ann.write_text(json.dumps(captions))
     args = _seed_args(demo_coco, train_file, tmp_path, tiny_models["llava"], params, max_steps=1)
     args[args.index("--val-ann") + 1] = str(val_ann)
+    encoded, encode = [], recipe.encode_examples
+    monkeypatch.setattr(recipe, "encode_examples",
+                        lambda *given, **named: encoded.append(1) or encode(*given, **named))
     with pytest.raises(ValueError, match=rf"^{val_ann}: caption {first['id']} \(image "
                                          rf"{first['image_id']}\) contains the special token "
                                          r"text '</s>'"):
         finetune_llava.main(args)
+    assert encoded == []  # found before the training file is encoded (minutes at COCO scale)
+    monkeypatch.undo()
     finetune_llava.main([*args, "--skip-malformed"])
     metrics = json.loads((tmp_path / "train.json").read_text())
     assert metrics["skipped_val"] == {"special_token": 1}

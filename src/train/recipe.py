@@ -171,6 +171,11 @@ class _Data:
 def _setup_data(config: FinetuneConfig, paths: FinetunePaths, processor: ProcessorMixin,
                 num_processes: int, process_index: int) -> _Data:
     reserved = special_token_texts(processor)
+    # The val captions first: a malformed one fails in seconds, not after the training file
+    # (minutes at COCO scale) is encoded.
+    val_examples, val_malformed = validation_examples(
+        paths.val_ann, config.val_examples, config.val_prompt, config.data_seed,
+        reserved=reserved, skip_malformed=config.skip_malformed)
     examples = ExampleReader(paths.train_file, skip_malformed=config.skip_malformed,
                              reserved=reserved)
     encode = {"max_length": config.max_length, "drop_bad_masks": config.drop_bad_masks}
@@ -181,9 +186,6 @@ def _setup_data(config: FinetuneConfig, paths: FinetunePaths, processor: Process
     if not train_samples:
         raise ValueError(f"{paths.train_file}: no trainable example ({dropped.counts()})")
     _check_image_root(train_samples, paths.image_root)
-    val_examples, val_malformed = validation_examples(
-        paths.val_ann, config.val_examples, config.val_prompt, config.data_seed,
-        reserved=reserved, skip_malformed=config.skip_malformed)
     val_samples, val_dropped = encode_examples(
         val_examples, processor,
         table_path=samples_path(paths.checkpoint_dir, "val", process_index), **encode)
