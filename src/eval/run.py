@@ -25,7 +25,7 @@ from accelerate import PartialState
 from src.data.atomic import atomic_path, atomic_write_json, remove_stale_temps
 from src.data.coco import CaptionSet, load_captions, select_images
 from src.data.images import ImageDataset, read_image
-from src.data.shard_map import digest, fingerprint, map_shards, processor_digest
+from src.data.shard_map import digest, map_image_shards
 from src.data.skips import Skip, SkipCounter
 from src.eval.caption_gallery import GalleryRow, render_gallery, render_notice
 from src.eval.captioner import load_captioner
@@ -121,16 +121,14 @@ def _generate(config: EvalConfig, images: ImageDataset, shards_dir: Path,
                                       prompts={"caption_prompt": config.caption.prompt})
     base = model_identity(config.model_id, config.model_revision, param="model")
     weights = [base, config.adapter_dir and model_identity(config.adapter_dir)]
-    run = fingerprint(code=__name__, params=vars(config.caption), model=digest(weights),
-                      inputs={"processor": processor_digest(processor),
-                              "images": str(config.images_dir)})
-
     work = partial(caption_shards, model, processor, images, settings=config.caption,
                    batch_size=config.batch_size, num_workers=config.num_workers,
                    progress=state.is_local_main_process)
-    merged = map_shards([(image_id, digest(file_name)) for image_id, file_name in images.items],
-                        work, shards_dir=shards_dir, run=run, shard_size=config.batch_size,
-                        state=state, key_column="image_id", empty=predictions_frame([], []))
+    merged = map_image_shards(
+        [(image_id, digest(file_name)) for image_id, file_name in images.items], work,
+        code=__name__, params=vars(config.caption), model=digest(weights), processor=processor,
+        image_dir=config.images_dir, shards_dir=shards_dir, shard_size=config.batch_size,
+        state=state, empty=predictions_frame([], []))
     del work, model
     gc.collect()
     if torch.cuda.is_available():
