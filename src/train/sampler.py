@@ -18,6 +18,8 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 
+from src.params import accumulation_steps
+
 MEGABATCH = 50  # batches per sorted group: larger = less padding, less random batch mixes
 
 
@@ -67,14 +69,11 @@ class MicroBatches:
 
     def __init__(self, steps: LengthGroupedBatches, bsz: int, num_processes: int,
                  process_index: int) -> None:
-        if steps.batch_size % (bsz * num_processes):
-            raise ValueError(f"step batch {steps.batch_size} is not a multiple of bsz {bsz} "
-                             f"x {num_processes} processes")
+        self.accumulation = accumulation_steps(steps.batch_size, bsz, num_processes)
         self.steps = steps
         self.bsz = bsz
         self.num_processes = num_processes
         self.process_index = process_index
-        self.accumulation = steps.batch_size // (bsz * num_processes)
         self.skip_steps = 0
 
     def use_epoch(self, epoch: int, skip_steps: int = 0) -> None:
